@@ -1,0 +1,242 @@
+//! The `candlelight` command line: one function per subcommand.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+
+use candlelight::{LayerInfo, Run, Stats};
+
+/// See inside candle models: record, render, watch and compare runs.
+#[derive(Debug, Parser)]
+#[command(name = "candlelight", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// List the runs in a folder, newest first, with layer count and size.
+    Ls {
+        /// Folder holding run files (`*.safetensors`).
+        dir: PathBuf,
+    },
+    /// Show a run's layers (order, name, kind, shape, dtype, stats), or one layer's values.
+    Show {
+        /// A run file.
+        run: PathBuf,
+        /// A layer name: summarize its values.
+        layer: Option<String>,
+    },
+}
+
+/// Runs the parsed command; `Ok(code)` is the process exit code.
+pub fn run(cli: Cli) -> Result<i32> {
+    match cli.command {
+        Command::Ls { dir } => ls(&dir),
+        Command::Show { run, layer } => show(&run, layer.as_deref()),
+    }
+}
+
+/// A number in at most 10 characters, fixed or scientific as fits.
+pub fn num(v: f64) -> String {
+    if v.is_nan() {
+        "-".into()
+    } else if v == 0.0 || (1e-3..1e5).contains(&v.abs()) {
+        format!("{v:.4}")
+    } else {
+        format!("{v:.3e}")
+    }
+}
+
+/// Bytes as `12.3 MB`.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KB", "MB", "GB", "TB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1000.0 && u < UNITS.len() - 1 {
+        v /= 1000.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+/// Run files (`*.safetensors`, no dot files) in `dir`, newest first.
+pub fn run_files(dir: &Path) -> Result<Vec<(PathBuf, std::time::SystemTime)>> {
+    let rd = std::fs::read_dir(dir).with_context(|| format!("{}: cannot list", dir.display()))?;
+    let mut files = Vec::new();
+    for e in rd.flatten() {
+        let p = e.path();
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') || p.extension().is_none_or(|x| x != "safetensors") {
+            continue;
+        }
+        let Ok(md) = e.metadata() else { continue };
+        if md.is_file() {
+            files.push((p, md.modified().unwrap_or(std::time::UNIX_EPOCH)));
+        }
+    }
+    files.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| b.0.cmp(&a.0)));
+    Ok(files)
+}
+
+fn ls(dir: &Path) -> Result<i32> {
+    let files = run_files(dir)?;
+    if files.is_empty() {
+        println!("no runs in {}", dir.display());
+        return Ok(0);
+    }
+    println!(
+        "{:<44} {:<21} {:>6} {:>10}",
+        "RUN", "CREATED", "LAYERS", "SIZE"
+    );
+    for (path, _) in files {
+        let stem = path
+            .file_stem()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
+        match Run::open(&path) {
+            Ok(run) => println!(
+                "{:<44} {:<21} {:>6} {:>10}",
+                stem,
+                if run.info().created.is_empty() {
+                    "-"
+                } else {
+                    &run.info().created
+                },
+                run.len(),
+                human_bytes(run.file_size())
+            ),
+            Err(e) => println!("{stem:<44} invalid: {e}"),
+        }
+    }
+    Ok(0)
+}
+
+fn stats_row(l: &LayerInfo, s: &Stats) -> String {
+    format!(
+        "{:>4} {:<28} {:<12} {:<18} {:<5} {:>10} {:>10} {:>10} {:>10} {:>6.1}% {:>5} {:>5}",
+        l.index,
+        l.name,
+        l.kind.as_deref().unwrap_or("-"),
+        l.shape_str(),
+        l.dtype.to_string(),
+        num(s.min),
+        num(s.max),
+        num(s.mean),
+        num(s.std),
+        s.zero_fraction * 100.0,
+        s.nan,
+        s.inf
+    )
+}
+
+fn show(path: &Path, layer: Option<&str>) -> Result<i32> {
+    let run = Run::open(path)?;
+    let info = run.info();
+    println!(
+        "run {}  model {}  created {}  input {}  ({} layers, {})",
+        if info.id.is_empty() { "-" } else { &info.id },
+        if info.model.is_empty() {
+            "-"
+        } else {
+            &info.model
+        },
+        if info.created.is_empty() {
+            "-"
+        } else {
+            &info.created
+        },
+        if info.input.is_empty() {
+            "-"
+        } else {
+            &info.input
+        },
+        run.len(),
+        human_bytes(run.file_size())
+    );
+    match layer {
+        None => {
+            println!(
+                "{:>4} {:<28} {:<12} {:<18} {:<5} {:>10} {:>10} {:>10} {:>10} {:>7} {:>5} {:>5}",
+                "#",
+                "NAME",
+                "KIND",
+                "SHAPE",
+                "DTYPE",
+                "MIN",
+                "MAX",
+                "MEAN",
+                "STD",
+                "ZERO",
+                "NAN",
+                "INF"
+            );
+            for l in run.layers() {
+                let s = run.stats_at(l.index)?;
+                println!("{}", stats_row(l, &s));
+            }
+        }
+        Some(name) => {
+            let l = run
+                .layer(name)
+                .with_context(|| format!("{}: no layer named {name:?}", path.display()))?
+                .clone();
+            let data = run.data_at(l.index)?;
+            let s = Stats::of(&data);
+            println!(
+                "layer {} ({}), kind {}, shape {}, dtype {}",
+                l.index,
+                l.name,
+                l.kind.as_deref().unwrap_or("-"),
+                l.shape_str(),
+                l.dtype
+            );
+            println!(
+                "min {}  max {}  mean {}  std {}  zero {:.1}%  NaN {}  Inf {}",
+                num(s.min),
+                num(s.max),
+                num(s.mean),
+                num(s.std),
+                s.zero_fraction * 100.0,
+                s.nan,
+                s.inf
+            );
+            let n = data.len();
+            let head: Vec<String> = (0..n.min(8)).map(|i| num(data.get(i) as f64)).collect();
+            println!(
+                "first values: [{}{}]",
+                head.join(", "),
+                if n > 8 { ", ..." } else { "" }
+            );
+            if n > 8 {
+                let tail: Vec<String> = (n - 4..n).map(|i| num(data.get(i) as f64)).collect();
+                println!("last values:  [..., {}]", tail.join(", "));
+            }
+            if s.count > s.non_finite() && s.max > s.min {
+                println!("histogram (finite values):");
+                let bins = 10;
+                let mut counts = vec![0u64; bins];
+                data.for_each_chunk(1 << 16, |_, c| {
+                    for &v in c.iter().filter(|v| v.is_finite()) {
+                        let b = (((v as f64 - s.min) / (s.max - s.min)) * bins as f64) as usize;
+                        counts[b.min(bins - 1)] += 1;
+                    }
+                });
+                let top = *counts.iter().max().unwrap_or(&1) as f64;
+                for (b, c) in counts.iter().enumerate() {
+                    let lo = s.min + (s.max - s.min) * b as f64 / bins as f64;
+                    let bar = "#".repeat(((*c as f64 / top) * 40.0).ceil() as usize);
+                    println!("  {:>10} | {:<40} {}", num(lo), bar, c);
+                }
+            }
+        }
+    }
+    Ok(0)
+}

@@ -1,0 +1,37 @@
+//! # candlelight
+//!
+//! See inside models written with HuggingFace candle: record every layer's
+//! activations of a forward pass into one safetensors **run file**, render runs
+//! into PNG galleries, show them inline in evcxr notebooks, and compare runs layer
+//! by layer.
+//!
+//! ```
+//! use candle_core::{Device, Tensor};
+//! use candlelight::{tap, Recorder, Run};
+//!
+//! let x = Tensor::arange(0f32, 6., &Device::Cpu)?.reshape((1, 6))?;
+//! let (_y, run) = Recorder::new("doc").record(|| tap("relu", &x.relu()?))?;
+//! let dir = tempfile::tempdir()?;
+//! let path = run.save(dir.path())?;            // <run-id>.safetensors, atomically
+//! let back = Run::open(&path)?;                // header only; data mapped lazily
+//! assert_eq!(back.values("relu")?, vec![0., 1., 2., 3., 4., 5.]);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! The run-file format and gallery layout are described in `docs/FORMAT.md`.
+
+pub mod error;
+pub mod models;
+pub mod record;
+pub mod runfile;
+pub mod stats;
+pub mod values;
+
+pub use error::{Error, Result};
+pub use record::{is_recording, nn, record_as, tap, Recorder};
+pub use runfile::{LayerInfo, Run, RunInfo};
+pub use stats::Stats;
+pub use values::LayerData;
+
+/// Re-exported so users name dtypes without another dependency.
+pub use candle_core::DType;

@@ -1,0 +1,29 @@
+//! The `candlelight` binary: a thin shell over the library (see `cli.rs`).
+
+mod cli;
+
+use clap::Parser;
+
+fn main() {
+    let cli = cli::Cli::parse();
+    let code = match cli::run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            // One line: the file and what is wrong.
+            // One line: the file and what is wrong (a cause already quoted is not repeated).
+            let mut msg = String::new();
+            for c in e.chain() {
+                let c = c.to_string();
+                if !msg.contains(&c) {
+                    if !msg.is_empty() {
+                        msg.push_str(": ");
+                    }
+                    msg.push_str(&c);
+                }
+            }
+            eprintln!("error: {}", msg.replace('\n', " "));
+            2
+        }
+    };
+    std::process::exit(code);
+}

@@ -1,0 +1,400 @@
+//! Capturing a forward pass: the [`Recorder`], [`tap`], and the drop-in layers in [`nn`].
+//!
+//! A recorder is active on one thread for the duration of [`Recorder::record`];
+//! every [`tap`], instrumented layer ([`nn`]) and [`nn::Seq`] child that runs on that
+//! thread meanwhile adds `(name, tensor)` to the run. Capturing clones a tensor
+//! handle (candle tensors are immutable and reference-counted), so it costs almost
+//! nothing; conversions (first-k samples, dtype) happen once the pass is over.
+//! With no recorder active a tap is a thread-local flag check.
+//!
+//! ```
+//! use candle_core::{Device, Tensor};
+//! use candlelight::{tap, Recorder};
+//!
+//! let x = Tensor::ones((2, 3), candle_core::DType::F32, &Device::Cpu)?;
+//! let (y, run) = Recorder::new("doc").record(|| {
+//!     let h = tap("double", &(&x * 2.0)?)?;
+//!     tap("plus_one", &(h + 1.0)?)
+//! })?;
+//! assert_eq!(run.layers().len(), 2);
+//! assert_eq!(run.layers()[1].name, "plus_one");
+//! assert_eq!(y.sum_all()?.to_scalar::<f32>()?, 18.0);
+//! # Ok::<(), candlelight::Error>(())
+//! ```
+//!
+//! Several threads may record at once; each records its own run.
+
+pub mod nn;
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
+
+use candle_core::{DType, Tensor, TensorId, Var};
+use globset::{Glob, GlobSet, GlobSetBuilder};
+
+use crate::runfile::{new_run_id, now_rfc3339, Run, RunInfo};
+use crate::{Error, Result};
+
+/// Records one forward pass into a [`Run`]. Defaults: everything included, all
+/// samples kept, dtypes kept, input described as `""`, no tags.
+#[derive(Debug, Clone, Default)]
+pub struct Recorder {
+    model: String,
+    input: String,
+    include: Vec<String>,
+    exclude: Vec<String>,
+    first_samples: Option<usize>,
+    store_as: Option<DType>,
+    tags: BTreeMap<String, String>,
+    id: Option<String>,
+}
+
+/// What a capture needs while the pass runs.
+struct Filter {
+    include: Option<GlobSet>,
+    exclude: Option<GlobSet>,
+}
+
+impl Filter {
+    fn wants(&self, name: &str) -> bool {
+        self.include.as_ref().is_none_or(|g| g.is_match(name))
+            && !self.exclude.as_ref().is_some_and(|g| g.is_match(name))
+    }
+}
+
+struct Capture {
+    filter: Filter,
+    entries: Vec<(String, Tensor)>,
+    kinds: BTreeMap<String, String>,
+    counts: HashMap<String, usize>,
+    /// Op-level capture: tensor id -> recorded name, to name graph nodes.
+    by_id: Option<HashMap<TensorId, usize>>,
+}
+
+thread_local! {
+    static ACTIVE: RefCell<Option<Capture>> = const { RefCell::new(None) };
+}
+
+/// Returns `t` (a handle clone); records it as `name` when a recorder is active on
+/// this thread. The seed's `VisualizeLayer`, done right.
+#[inline]
+pub fn tap(name: &str, t: &Tensor) -> candle_core::Result<Tensor> {
+    record_as(name, "tap", t);
+    Ok(t.clone())
+}
+
+/// Records `t` as `name` with layer kind `kind` when a recorder is active.
+#[inline]
+pub fn record_as(name: &str, kind: &str, t: &Tensor) {
+    // `try_with`: never panic during thread teardown.
+    let _ = ACTIVE.try_with(|a| {
+        if let Ok(mut a) = a.try_borrow_mut() {
+            if let Some(c) = a.as_mut() {
+                c.push(name, kind, t);
+            }
+        }
+    });
+}
+
+/// True when a recorder is active on this thread.
+pub fn is_recording() -> bool {
+    ACTIVE
+        .try_with(|a| a.try_borrow().map(|a| a.is_some()).unwrap_or(false))
+        .unwrap_or(false)
+}
+
+impl Capture {
+    fn push(&mut self, name: &str, kind: &str, t: &Tensor) {
+        let base = if name.is_empty() { kind } else { name };
+        if !self.filter.wants(base) {
+            return;
+        }
+        let n = self.counts.entry(base.to_string()).or_insert(0);
+        *n += 1;
+        let name = if *n == 1 {
+            base.to_string()
+        } else {
+            format!("{base}#{n}")
+        };
+        if let Some(ids) = self.by_id.as_mut() {
+            ids.insert(t.id(), self.entries.len());
+        }
+        self.kinds.insert(name.clone(), kind.to_string());
+        self.entries.push((name, t.clone()));
+    }
+}
+
+/// Puts the previous capture back when the pass ends, even on panic.
+struct Restore(Option<Capture>);
+
+impl Drop for Restore {
+    fn drop(&mut self) {
+        let prev = self.0.take();
+        let _ = ACTIVE.try_with(|a| *a.borrow_mut() = prev);
+    }
+}
+
+fn compile(globs: &[String], what: &str) -> Result<Option<GlobSet>> {
+    if globs.is_empty() {
+        return Ok(None);
+    }
+    let mut b = GlobSetBuilder::new();
+    for g in globs {
+        b.add(Glob::new(g).map_err(|e| Error::Invalid(format!("bad {what} glob {g:?}: {e}")))?);
+    }
+    b.build()
+        .map(Some)
+        .map_err(|e| Error::Invalid(format!("bad {what} globs: {e}")))
+}
+
+impl Recorder {
+    /// A recorder for a model called `model` (used in the run id).
+    pub fn new(model: impl Into<String>) -> Self {
+        Recorder {
+            model: model.into(),
+            ..Default::default()
+        }
+    }
+
+    /// Describes the input (stored as `input` in the run facts).
+    pub fn input(mut self, input: impl Into<String>) -> Self {
+        self.input = input.into();
+        self
+    }
+
+    /// Records only layers whose name matches one of these globs (`conv*`, `blocks.*.attn`).
+    pub fn include(mut self, glob: impl Into<String>) -> Self {
+        self.include.push(glob.into());
+        self
+    }
+
+    /// Skips layers whose name matches this glob (applied after `include`).
+    pub fn exclude(mut self, glob: impl Into<String>) -> Self {
+        self.exclude.push(glob.into());
+        self
+    }
+
+    /// Keeps only the first `k` samples (dimension 0) of each layer.
+    pub fn first_samples(mut self, k: usize) -> Self {
+        self.first_samples = Some(k);
+        self
+    }
+
+    /// Stores float layers as `dtype` (F16 or BF16 halve the size); integer layers stay.
+    pub fn store_as(mut self, dtype: DType) -> Self {
+        self.store_as = Some(dtype);
+        self
+    }
+
+    /// Adds a tag to the run facts.
+    pub fn tag(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.tags.insert(key.into(), value.into());
+        self
+    }
+
+    /// Uses this run id instead of a fresh `YYYYMMDD-HHMMSS-<model>-<hex>` one.
+    pub fn id(mut self, id: impl Into<String>) -> Self {
+        self.id = Some(id.into());
+        self
+    }
+
+    fn start(&self, by_id: bool) -> Result<Capture> {
+        Ok(Capture {
+            filter: Filter {
+                include: compile(&self.include, "include")?,
+                exclude: compile(&self.exclude, "exclude")?,
+            },
+            entries: Vec::new(),
+            kinds: BTreeMap::new(),
+            counts: HashMap::new(),
+            by_id: by_id.then(HashMap::new),
+        })
+    }
+
+    fn run_with<T>(
+        &self,
+        capture: Capture,
+        f: impl FnOnce() -> candle_core::Result<T>,
+    ) -> Result<(T, Capture)> {
+        let prev = ACTIVE.with(|a| a.borrow_mut().replace(capture));
+        let restore = Restore(prev);
+        let out = f();
+        let capture = ACTIVE
+            .with(|a| a.borrow_mut().take())
+            .expect("capture in place");
+        drop(restore);
+        Ok((out?, capture))
+    }
+
+    fn finish(
+        &self,
+        entries: Vec<(String, Tensor)>,
+        kinds: BTreeMap<String, String>,
+    ) -> Result<Run> {
+        let entries = entries
+            .into_iter()
+            .map(|(n, mut t)| {
+                if let Some(k) = self.first_samples {
+                    if t.rank() > 0 && t.dim(0)? > k {
+                        t = t.narrow(0, 0, k)?;
+                    }
+                }
+                if let Some(dt) = self.store_as {
+                    if t.dtype().is_float() && t.dtype() != dt {
+                        t = t.to_dtype(dt)?;
+                    }
+                }
+                Ok((n, t))
+            })
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let info = RunInfo {
+            id: self.id.clone().unwrap_or_else(|| new_run_id(&self.model)),
+            created: now_rfc3339(),
+            model: self.model.clone(),
+            input: self.input.clone(),
+            kinds,
+            tags: self.tags.clone(),
+            extra: Default::default(),
+        };
+        Ok(Run::from_tensors(info, entries, BTreeMap::new()))
+    }
+
+    /// Runs `f` with this recorder active on the current thread; returns its output
+    /// and the run of every tensor recorded meanwhile, in capture order.
+    pub fn record<T>(&self, f: impl FnOnce() -> candle_core::Result<T>) -> Result<(T, Run)> {
+        let (out, c) = self.run_with(self.start(false)?, f)?;
+        let run = self.finish(c.entries, c.kinds)?;
+        Ok((out, run))
+    }
+
+    /// Op-level capture for unmodified models: `input` is turned into a `Var`, `f`
+    /// runs on it, and every intermediate tensor of the pass (candle's op graph of
+    /// the output, `Tensor::sorted_nodes`) is recorded in forward order. Tensors
+    /// that went through a tap or an instrumented layer keep that name; the rest are
+    /// named `op.<position>.<shape>` (e.g. `op.012.1x32x26x26`) with kind `op`.
+    ///
+    /// Memory: every intermediate stays alive until the run is dropped (a plain
+    /// forward frees them as it goes), so peak memory is the sum of all
+    /// intermediates, typically several times the recorded layers alone. The graph
+    /// itself is dropped; the returned output is detached.
+    pub fn record_ops(
+        &self,
+        input: &Tensor,
+        f: impl FnOnce(&Tensor) -> candle_core::Result<Tensor>,
+    ) -> Result<(Tensor, Run)> {
+        let var = Var::from_tensor(input)?;
+        let x = var.as_tensor().clone();
+        let (out, c) = self.run_with(self.start(true)?, || f(&x))?;
+        let by_id = c.by_id.unwrap_or_default();
+        let mut named: Vec<Option<(String, Tensor)>> = c.entries.into_iter().map(Some).collect();
+        let mut kinds = c.kinds;
+        let mut entries = Vec::new();
+        let filter = &self.start(false)?.filter;
+        // sorted_nodes: the output first, the input last; reverse for forward order.
+        let nodes: Vec<Tensor> = out.sorted_nodes().into_iter().rev().cloned().collect();
+        for (pos, node) in nodes.iter().enumerate() {
+            if let Some(&i) = by_id.get(&node.id()) {
+                if let Some((name, _)) = named[i].take() {
+                    entries.push((name, node.detach()));
+                }
+                continue;
+            }
+            let name = if node.id() == x.id() {
+                kinds.insert("input".into(), "input".into());
+                "input".to_string()
+            } else {
+                let dims: Vec<String> = node.dims().iter().map(|d| d.to_string()).collect();
+                let name = format!("op.{pos:03}.{}", dims.join("x"));
+                kinds.insert(name.clone(), "op".into());
+                name
+            };
+            if filter.wants(&name) {
+                entries.push((name, node.detach()));
+            }
+        }
+        // Taps on tensors outside the graph (e.g. integer ones) come last.
+        for (name, t) in named.into_iter().flatten() {
+            entries.push((name, t.detach()));
+        }
+        drop(nodes);
+        let out = out.detach();
+        let run = self.finish(entries, kinds)?;
+        Ok((out, run))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    fn t(v: &[f32]) -> Tensor {
+        Tensor::new(v, &Device::Cpu).unwrap()
+    }
+
+    #[test]
+    fn tap_without_recorder_records_nothing_and_returns_input() {
+        let x = t(&[1.0, 2.0]);
+        let y = tap("x", &x).unwrap();
+        assert_eq!(y.id(), x.id());
+        assert!(!is_recording());
+    }
+
+    #[test]
+    fn repeated_names_get_numbered() {
+        let (_, run) = Recorder::new("t")
+            .record(|| {
+                for _ in 0..3 {
+                    tap("a", &t(&[1.0]))?;
+                }
+                Ok(())
+            })
+            .unwrap();
+        let names: Vec<_> = run.layers().iter().map(|l| l.name.clone()).collect();
+        assert_eq!(names, ["a", "a#2", "a#3"]);
+    }
+
+    #[test]
+    fn globs_filter_names() {
+        let (_, run) = Recorder::new("t")
+            .include("conv*")
+            .exclude("*2")
+            .record(|| {
+                for n in ["conv1", "conv2", "fc1"] {
+                    tap(n, &t(&[1.0]))?;
+                }
+                Ok(())
+            })
+            .unwrap();
+        let names: Vec<_> = run.layers().iter().map(|l| l.name.as_str()).collect();
+        assert_eq!(names, ["conv1"]);
+        assert!(Recorder::new("t").include("[").record(|| Ok(())).is_err());
+    }
+
+    #[test]
+    fn nested_recorders_restore_the_outer_one() {
+        let (_, outer) = Recorder::new("outer")
+            .record(|| {
+                tap("a", &t(&[1.0]))?;
+                let (_, inner) = Recorder::new("inner")
+                    .record(|| tap("b", &t(&[2.0])))
+                    .unwrap();
+                assert_eq!(inner.len(), 1);
+                tap("c", &t(&[3.0]))
+            })
+            .unwrap();
+        let names: Vec<_> = outer.layers().iter().map(|l| l.name.as_str()).collect();
+        assert_eq!(names, ["a", "c"]);
+        assert!(!is_recording());
+    }
+
+    #[test]
+    fn an_error_inside_still_ends_the_recording() {
+        let r = Recorder::new("t").record(|| -> candle_core::Result<()> {
+            tap("a", &t(&[1.0]))?;
+            candle_core::bail!("boom")
+        });
+        assert!(r.is_err());
+        assert!(!is_recording());
+    }
+}

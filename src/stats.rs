@@ -1,0 +1,206 @@
+//! Per-layer statistics: min, max, mean, std, zero fraction, NaN and Inf counts.
+
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::values::LayerData;
+
+/// Statistics of one layer. Min, max, mean and std are over the finite values
+/// (NaN and ±Inf are counted apart); they are NaN when no value is finite.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Stats {
+    /// Number of elements.
+    pub count: u64,
+    /// Smallest finite value.
+    pub min: f64,
+    /// Largest finite value.
+    pub max: f64,
+    /// Mean of the finite values.
+    pub mean: f64,
+    /// Population standard deviation of the finite values.
+    pub std: f64,
+    /// Fraction of elements exactly zero (0 for an empty layer).
+    pub zero_fraction: f64,
+    /// Number of NaN elements.
+    pub nan: u64,
+    /// Number of +Inf and -Inf elements.
+    pub inf: u64,
+}
+
+#[derive(Clone, Copy)]
+struct Acc {
+    n: u64,
+    finite: u64,
+    mean: f64,
+    m2: f64,
+    min: f64,
+    max: f64,
+    zeros: u64,
+    nan: u64,
+    inf: u64,
+}
+
+impl Acc {
+    const EMPTY: Acc = Acc {
+        n: 0,
+        finite: 0,
+        mean: 0.0,
+        m2: 0.0,
+        min: f64::INFINITY,
+        max: f64::NEG_INFINITY,
+        zeros: 0,
+        nan: 0,
+        inf: 0,
+    };
+
+    fn of(values: &[f32]) -> Acc {
+        // Two passes over the (small, cached) chunk in f64, then chunks combine
+        // with Chan et al.'s formula: accurate and much faster than Welford.
+        let mut a = Acc::EMPTY;
+        let mut sum = 0f64;
+        let (mut min, mut max) = (f32::INFINITY, f32::NEG_INFINITY);
+        for &v in values {
+            if v.is_finite() {
+                a.finite += 1;
+                sum += v as f64;
+                min = min.min(v);
+                max = max.max(v);
+                a.zeros += (v == 0.0) as u64;
+            } else if v.is_nan() {
+                a.nan += 1;
+            } else {
+                a.inf += 1;
+            }
+        }
+        a.n = values.len() as u64;
+        if a.finite > 0 {
+            a.mean = sum / a.finite as f64;
+            a.m2 = values
+                .iter()
+                .filter(|v| v.is_finite())
+                .map(|&v| (v as f64 - a.mean).powi(2))
+                .sum();
+            a.min = min as f64;
+            a.max = max as f64;
+        }
+        a
+    }
+
+    fn merge(self, b: Acc) -> Acc {
+        let finite = self.finite + b.finite;
+        let (mean, m2) = if finite == 0 {
+            (0.0, 0.0)
+        } else {
+            let d = b.mean - self.mean;
+            let mean = self.mean + d * b.finite as f64 / finite as f64;
+            let m2 =
+                self.m2 + b.m2 + d * d * (self.finite as f64) * (b.finite as f64) / finite as f64;
+            (mean, m2)
+        };
+        Acc {
+            n: self.n + b.n,
+            finite,
+            mean,
+            m2,
+            min: self.min.min(b.min),
+            max: self.max.max(b.max),
+            zeros: self.zeros + b.zeros,
+            nan: self.nan + b.nan,
+            inf: self.inf + b.inf,
+        }
+    }
+
+    fn finish(self) -> Stats {
+        let none = self.finite == 0;
+        Stats {
+            count: self.n,
+            min: if none { f64::NAN } else { self.min },
+            max: if none { f64::NAN } else { self.max },
+            mean: if none { f64::NAN } else { self.mean },
+            std: if none {
+                f64::NAN
+            } else {
+                (self.m2 / self.finite as f64).sqrt()
+            },
+            zero_fraction: if self.n == 0 {
+                0.0
+            } else {
+                self.zeros as f64 / self.n as f64
+            },
+            nan: self.nan,
+            inf: self.inf,
+        }
+    }
+}
+
+const CHUNK: usize = 1 << 14;
+
+impl Stats {
+    /// Statistics of a layer's values, streamed in chunks (in parallel for big layers).
+    pub fn of(data: &LayerData<'_>) -> Stats {
+        let n = data.len();
+        let chunks = n.div_ceil(CHUNK);
+        let acc = if chunks <= 4 {
+            let mut acc = Acc::EMPTY;
+            data.for_each_chunk(CHUNK, |_, c| acc = acc.merge(Acc::of(c)));
+            acc
+        } else {
+            (0..chunks)
+                .into_par_iter()
+                .map_init(
+                    || vec![0f32; CHUNK],
+                    |buf, k| {
+                        let start = k * CHUNK;
+                        let len = CHUNK.min(n - start);
+                        data.read_into(start, &mut buf[..len]);
+                        Acc::of(&buf[..len])
+                    },
+                )
+                .reduce(|| Acc::EMPTY, Acc::merge)
+        };
+        acc.finish()
+    }
+
+    /// Statistics of f32 values.
+    pub fn of_values(values: &[f32]) -> Stats {
+        Stats::of(&LayerData::from_f32(values.to_vec()))
+    }
+
+    /// Number of elements that are NaN or ±Inf.
+    pub fn non_finite(&self) -> u64 {
+        self.nan + self.inf
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn matches_a_direct_computation() {
+        let v: Vec<f32> = (0..100_003)
+            .map(|i| ((i * 37) % 101) as f32 - 50.0)
+            .collect();
+        let s = Stats::of_values(&v);
+        let mean = v.iter().map(|&x| x as f64).sum::<f64>() / v.len() as f64;
+        let var = v.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / v.len() as f64;
+        assert!((s.mean - mean).abs() < 1e-9);
+        assert!((s.std - var.sqrt()).abs() < 1e-6);
+        assert_eq!(s.min, -50.0);
+        assert_eq!(s.max, 50.0);
+        let zeros = v.iter().filter(|&&x| x == 0.0).count();
+        assert!((s.zero_fraction - zeros as f64 / v.len() as f64).abs() < 1e-12);
+    }
+
+    #[test]
+    fn counts_nan_and_inf_apart() {
+        let s = Stats::of_values(&[1.0, f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 3.0, 0.0]);
+        assert_eq!((s.nan, s.inf, s.count), (1, 2, 6));
+        assert_eq!((s.min, s.max, s.mean), (0.0, 3.0, 4.0 / 3.0));
+        let s = Stats::of_values(&[f32::NAN]);
+        assert!(s.mean.is_nan() && s.min.is_nan());
+        let s = Stats::of_values(&[]);
+        assert_eq!(s.count, 0);
+        assert_eq!(s.zero_fraction, 0.0);
+    }
+}
