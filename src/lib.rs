@@ -28,7 +28,7 @@ pub mod stats;
 pub mod values;
 
 pub use error::{Error, Result};
-pub use record::{is_recording, nn, record_as, tap, Recorder};
+pub use record::{is_recording, nn, record_as, tap, tap_as, Recorder};
 pub use runfile::{LayerInfo, Run, RunInfo};
 pub use stats::Stats;
 pub use values::LayerData;

@@ -1,6 +1,9 @@
 //! Models shipped with candlelight, built with the recording layers, and helpers
 //! to give a model deterministic weights.
 
+pub mod mnist_cnn;
+pub mod mnist_data;
+
 use candle_core::Tensor;
 use candle_nn::VarMap;
 use rand::{Rng, SeedableRng};
