@@ -7,6 +7,9 @@ use clap::{Parser, Subcommand};
 
 use candlelight::{LayerInfo, Run, Stats};
 
+mod demo;
+mod render;
+
 /// See inside candle models: record, render, watch and compare runs.
 #[derive(Debug, Parser)]
 #[command(name = "candlelight", version, about, long_about = None)]
@@ -29,6 +32,10 @@ pub enum Command {
         /// A layer name: summarize its values.
         layer: Option<String>,
     },
+    /// Render run files into PNG galleries: OUT/<run>/index.html per run, OUT/index.html.
+    Render(render::RenderArgs),
+    /// Record the bundled model on sample inputs into runs/ and render galleries/.
+    Demo(demo::DemoArgs),
 }
 
 /// Runs the parsed command; `Ok(code)` is the process exit code.
@@ -36,6 +43,8 @@ pub fn run(cli: Cli) -> Result<i32> {
     match cli.command {
         Command::Ls { dir } => ls(&dir),
         Command::Show { run, layer } => show(&run, layer.as_deref()),
+        Command::Render(args) => render::render(args),
+        Command::Demo(args) => demo::demo(args),
     }
 }
 
