@@ -1,6 +1,10 @@
 //! Models shipped with candlelight, built with the recording layers, and helpers
 //! to give a model deterministic weights.
 
+pub mod seed_cnn;
+
+pub use seed_cnn::{seed_cnn, seed_cnn_seeded};
+
 use candle_core::Tensor;
 use candle_nn::VarMap;
 use rand::{Rng, SeedableRng};
