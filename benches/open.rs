@@ -177,9 +177,10 @@ fn main() -> Result<()> {
         let t = Instant::now();
         let run = Run::open(&path)?;
         let mut sum = 0f64;
-        run.data("layer.07")?.for_each_chunk(1 << 16, |_, c| {
-            sum += c.iter().map(|&v| v as f64).sum::<f64>();
-        });
+        run.data(&format!("layer.{:02}", layers / 2))?
+            .for_each_chunk(1 << 16, |_, c| {
+                sum += c.iter().map(|&v| v as f64).sum::<f64>();
+            });
         let took = t.elapsed();
         let after = counters()?;
         std::hint::black_box(sum);
