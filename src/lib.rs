@@ -20,6 +20,8 @@
 //!
 //! The run-file format and gallery layout are described in `docs/FORMAT.md`.
 
+pub mod diff;
+pub mod diff_gallery;
 pub mod error;
 pub mod models;
 pub mod record;
@@ -27,6 +29,8 @@ pub mod runfile;
 pub mod stats;
 pub mod values;
 
+pub use diff::{diff, DiffOptions, LayerDiff, NameMap, RunDiff, Status};
+pub use diff_gallery::write_diff_gallery;
 pub use error::{Error, Result};
 pub use record::{is_recording, nn, record_as, tap, Recorder};
 pub use runfile::{LayerInfo, Run, RunInfo};

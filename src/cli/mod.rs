@@ -1,5 +1,7 @@
 //! The `candlelight` command line: one function per subcommand.
 
+mod diff;
+
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -29,6 +31,9 @@ pub enum Command {
         /// A layer name: summarize its values.
         layer: Option<String>,
     },
+    /// Compare two runs layer by layer (A against the reference B): numbers per
+    /// layer, the first divergent layer; exit 0 all agree, 1 some diverge, 2 error.
+    Diff(diff::DiffArgs),
 }
 
 /// Runs the parsed command; `Ok(code)` is the process exit code.
@@ -36,6 +41,7 @@ pub fn run(cli: Cli) -> Result<i32> {
     match cli.command {
         Command::Ls { dir } => ls(&dir),
         Command::Show { run, layer } => show(&run, layer.as_deref()),
+        Command::Diff(args) => diff::run(args),
     }
 }
 
