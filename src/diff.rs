@@ -21,12 +21,17 @@
 //!
 //! ## The numbers (over element pairs where both values are finite)
 //!
-//! - `max_abs`, `mean_abs`: max and mean of `|a − b|` (0 when no pair is finite);
+//! - `max_abs`: the largest `|a − b|`, computed in f32 like the values themselves;
+//! - `mean_abs`: the mean of `|a − b|` (0 when no pair is finite);
 //! - `rel_l2`: `‖a − b‖₂ / ‖b‖₂` (0 when both norms are 0, +∞ when only `‖b‖₂` is);
 //! - `cosine`: `a·b / (‖a‖₂ ‖b‖₂)` (1 when both norms are 0, 0 when one is);
 //! - `worst`: the element with the largest `|a − b|` (lowest index on a tie);
 //! - `first_mismatch`: the first element that disagrees, NaN/Inf included.
 //!
+//! Verdicts, counts and element positions are exact. The sums behind the mean,
+//! the L2 error and the cosine are accumulated in f32 over runs of 128 elements
+//! and in f64 beyond, so they carry a relative error of about 1e-6 at most
+//! (this keeps the comparison as fast as a plain pass over the bytes).
 //! Non-finite numbers are written as `null` in JSON.
 //!
 //! ```
@@ -137,9 +142,11 @@ impl NameMap {
                 match key.trim() {
                     "strip_prefix_a" => map.strip_prefix_a = value,
                     "strip_prefix_b" => map.strip_prefix_b = value,
-                    other => return Err(format!(
+                    other => {
+                        return Err(format!(
                         "line {no}: unknown setting {other:?} (strip_prefix_a or strip_prefix_b)"
-                    )),
+                    ))
+                    }
                 }
             } else {
                 return Err(format!(
@@ -223,7 +230,7 @@ pub struct Element {
 pub struct Numbers {
     /// Elements compared.
     pub count: u64,
-    /// Max `|a − b|` over pairs where both are finite.
+    /// Max `|a − b|` (in f32) over pairs where both are finite.
     pub max_abs: f64,
     /// Mean `|a − b|` over pairs where both are finite.
     pub mean_abs: f64,
@@ -585,7 +592,10 @@ fn compare_layer(
 const CHUNK: usize = 1 << 16;
 /// Elements per segment: after each segment its mapped pages are released.
 const SEGMENT: usize = 1 << 22;
+/// f32 lanes of the kernel (two SSE or one AVX register).
 const LANES: usize = 8;
+/// Pairs per group of the kernel: summed in f32, then added in f64.
+const GROUP: usize = 128;
 
 fn compare_values(
     a: &Run,
@@ -606,24 +616,42 @@ fn compare_values(
     while seg < n {
         let seg_end = (seg + SEGMENT).min(n);
         let chunks = (seg_end - seg).div_ceil(CHUNK);
+        // Borrowed in place when stored as aligned f32, else converted into buffers.
+        let compare = |start: usize, len: usize, ba: &mut Vec<f32>, bb: &mut Vec<f32>| {
+            let sa = match da.f32_slice(start, len) {
+                Some(s) => s,
+                None => {
+                    ba.resize(len, 0.0);
+                    da.read_into(start, &mut ba[..len]);
+                    &ba[..len]
+                }
+            };
+            let sb = match db.f32_slice(start, len) {
+                Some(s) => s,
+                None => {
+                    bb.resize(len, 0.0);
+                    db.read_into(start, &mut bb[..len]);
+                    &bb[..len]
+                }
+            };
+            Acc::of(sa, sb, start, tol)
+        };
         if chunks == 1 {
-            let len = seg_end - seg;
-            let (mut ba, mut bb) = (vec![0f32; len], vec![0f32; len]);
-            da.read_into(seg, &mut ba);
-            db.read_into(seg, &mut bb);
-            acc = acc.merge(Acc::of(&ba, &bb, seg, tol));
+            acc = acc.merge(compare(
+                seg,
+                seg_end - seg,
+                &mut Vec::new(),
+                &mut Vec::new(),
+            ));
         } else {
             // Collected in order, then merged in order: the same result on every run.
             let parts: Vec<Acc> = (0..chunks)
                 .into_par_iter()
                 .map_init(
-                    || (vec![0f32; CHUNK], vec![0f32; CHUNK]),
+                    || (Vec::new(), Vec::new()),
                     |(ba, bb), k| {
                         let start = seg + k * CHUNK;
-                        let len = CHUNK.min(seg_end - start);
-                        da.read_into(start, &mut ba[..len]);
-                        db.read_into(start, &mut bb[..len]);
-                        Acc::of(&ba[..len], &bb[..len], start, tol)
+                        compare(start, CHUNK.min(seg_end - start), ba, bb)
                     },
                 )
                 .collect();
@@ -636,7 +664,7 @@ fn compare_values(
     Ok(acc.finish(&da, &db, &la.shape))
 }
 
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Debug)]
 struct Tol {
     atol: f64,
     rtol: f64,
@@ -684,75 +712,96 @@ impl Acc {
         inf_mismatches: 0,
     };
 
-    /// Compares `a` with `b`, elements `offset..offset + a.len()` of the layer.
+    /// Compares `a` with `b`, elements `offset..offset + a.len()` of the layer
+    /// (with AVX2 where the CPU has it).
     fn of(a: &[f32], b: &[f32], offset: usize, tol: Tol) -> Acc {
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU supports AVX2 (checked just above).
+            return unsafe { of_avx2(a, b, offset, tol) };
+        }
+        Acc::of_lanes(a, b, offset, tol)
+    }
+
+    /// The kernel. Groups of [`GROUP`] pairs are summed in f32 lanes (vectorizable),
+    /// then added to the f64 totals. A group that may hold a pair out of tolerance,
+    /// a NaN or an Inf, or whose f32 sums overflow, is redone pair by pair in f64
+    /// ([`Acc::one`]), so verdicts and counts are exact; the sums of a fast group
+    /// carry f32 rounding (relative error about 1e-6 at most).
+    #[inline(always)]
+    fn of_lanes(a: &[f32], b: &[f32], offset: usize, tol: Tol) -> Acc {
         debug_assert_eq!(a.len(), b.len());
         let mut acc = Acc::EMPTY;
         acc.count = a.len() as u64;
-        // Lane-wise f64 sums over finite blocks of LANES pairs (vectorizable); a block
-        // holding a NaN or Inf, and the tail, go element by element.
-        let mut s_abs = [0f64; LANES];
-        let mut s_d2 = [0f64; LANES];
-        let mut s_a2 = [0f64; LANES];
-        let mut s_b2 = [0f64; LANES];
-        let mut s_ab = [0f64; LANES];
-        let blocks = a.len() / LANES;
-        for k in 0..blocks {
-            let base = k * LANES;
-            let ka: &[f32; LANES] = a[base..base + LANES].try_into().expect("block");
-            let kb: &[f32; LANES] = b[base..base + LANES].try_into().expect("block");
-            let finite = ka
-                .iter()
-                .chain(kb.iter())
-                .fold(true, |ok, v| ok & v.is_finite());
-            if !finite {
+        // The f32 limit never exceeds the f64 one: tolerances rounded down, a
+        // relative margin far above f32 rounding, and an absolute one for subnormals.
+        let atol32 = round_down(tol.atol);
+        let rtol32 = round_down(tol.rtol);
+        const MARGIN: f32 = 1.0 - 1.0 / (1u32 << 20) as f32;
+        const TINY: f32 = 4.0 * f32::from_bits(1); // 4 units of the smallest subnormal
+        let groups = a.len() / GROUP;
+        for g in 0..groups {
+            let base = g * GROUP;
+            let (ga, gb) = (&a[base..base + GROUP], &b[base..base + GROUP]);
+            let mut s_abs = [0f32; LANES];
+            let mut s_d2 = [0f32; LANES];
+            let mut s_a2 = [0f32; LANES];
+            let mut s_b2 = [0f32; LANES];
+            let mut s_ab = [0f32; LANES];
+            let mut mx = [0f32; LANES];
+            let mut excess = [0f32; LANES];
+            for (ka, kb) in ga.chunks_exact(LANES).zip(gb.chunks_exact(LANES)) {
+                let ka: &[f32; LANES] = ka.try_into().expect("lane block");
+                let kb: &[f32; LANES] = kb.try_into().expect("lane block");
                 for j in 0..LANES {
-                    acc.one(offset + base + j, ka[j], kb[j], tol);
+                    let (x, y) = (ka[j], kb[j]);
+                    let d = x - y;
+                    let ad = d.abs();
+                    s_abs[j] += ad;
+                    s_d2[j] += d * d;
+                    s_a2[j] += x * x;
+                    s_b2[j] += y * y;
+                    s_ab[j] += x * y;
+                    mx[j] = if ad > mx[j] { ad } else { mx[j] };
+                    let lim = ((atol32 + rtol32 * y.abs()) * MARGIN - TINY).max(0.0);
+                    let e = ad - lim;
+                    excess[j] = if e > excess[j] { e } else { excess[j] };
+                }
+            }
+            let total = |s: &[f32; LANES]| s.iter().map(|&v| v as f64).sum::<f64>();
+            let (t_abs, t_d2, t_a2, t_b2, t_ab) = (
+                total(&s_abs),
+                total(&s_d2),
+                total(&s_a2),
+                total(&s_b2),
+                total(&s_ab),
+            );
+            // NaN or Inf in the data (or an f32 overflow) shows in the sums.
+            let finite = (t_abs + t_d2 + t_a2 + t_b2).is_finite() && t_ab.is_finite();
+            if !finite || excess.iter().any(|&e| e > 0.0) {
+                for j in 0..GROUP {
+                    acc.one(offset + base + j, ga[j], gb[j], tol);
                 }
                 continue;
             }
-            let mut ad = [0f64; LANES];
-            let mut out = 0u32;
-            for j in 0..LANES {
-                let x = ka[j] as f64;
-                let y = kb[j] as f64;
-                let d = x - y;
-                ad[j] = d.abs();
-                s_abs[j] += ad[j];
-                s_d2[j] += d * d;
-                s_a2[j] += x * x;
-                s_b2[j] += y * y;
-                s_ab[j] += x * y;
-                out += (ad[j] > tol.atol + tol.rtol * y.abs()) as u32;
-            }
-            let block_max = ad.iter().fold(0f64, |m, &v| m.max(v));
-            acc.finite += LANES as u64;
-            if block_max > acc.max_abs || (acc.worst.is_none() && block_max == acc.max_abs) {
-                let j = ad
-                    .iter()
-                    .position(|&v| v == block_max)
-                    .expect("max in block");
-                acc.max_abs = block_max;
+            acc.finite += GROUP as u64;
+            acc.sum_abs += t_abs;
+            acc.sum_d2 += t_d2;
+            acc.sum_a2 += t_a2;
+            acc.sum_b2 += t_b2;
+            acc.sum_ab += t_ab;
+            let gmax = mx.iter().fold(0f32, |m, &v| m.max(v));
+            if acc.worst.is_none() || gmax as f64 > acc.max_abs {
+                let j = (0..GROUP)
+                    .find(|&j| (ga[j] - gb[j]).abs() == gmax)
+                    .expect("the group's maximum is one of its pairs");
+                acc.max_abs = gmax as f64;
                 acc.worst = Some(offset + base + j);
             }
-            if out > 0 {
-                acc.mismatches += out as u64;
-                if acc.first_mismatch.is_none() {
-                    let j = (0..LANES)
-                        .find(|&j| ad[j] > tol.atol + tol.rtol * (kb[j] as f64).abs())
-                        .expect("a mismatch in block");
-                    acc.first_mismatch = Some(offset + base + j);
-                }
-            }
         }
-        for j in blocks * LANES..a.len() {
+        for j in groups * GROUP..a.len() {
             acc.one(offset + j, a[j], b[j], tol);
         }
-        acc.sum_abs += s_abs.iter().sum::<f64>();
-        acc.sum_d2 += s_d2.iter().sum::<f64>();
-        acc.sum_a2 += s_a2.iter().sum::<f64>();
-        acc.sum_b2 += s_b2.iter().sum::<f64>();
-        acc.sum_ab += s_ab.iter().sum::<f64>();
         acc
     }
 
@@ -772,8 +821,14 @@ impl Acc {
             self.sum_a2 += xf * xf;
             self.sum_b2 += yf * yf;
             self.sum_ab += xf * yf;
-            if ad > self.max_abs || self.worst.is_none() {
-                self.max_abs = ad;
+            // The maximum as the fast path sees it: |a - b| rounded to f32.
+            let ad32 = if (x - y).is_finite() {
+                (x - y).abs() as f64
+            } else {
+                ad // f32 overflow: keep the exact value
+            };
+            if ad32 > self.max_abs || self.worst.is_none() {
+                self.max_abs = ad32;
                 self.worst = Some(i);
             }
             ad <= tol.atol + tol.rtol * yf.abs()
@@ -867,6 +922,22 @@ impl Acc {
     }
 }
 
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn of_avx2(a: &[f32], b: &[f32], offset: usize, tol: Tol) -> Acc {
+    Acc::of_lanes(a, b, offset, tol)
+}
+
+/// `v` as f32, rounded toward zero (for v >= 0), at most `f32::MAX`.
+fn round_down(v: f64) -> f32 {
+    let f = (v as f32).min(f32::MAX);
+    if f as f64 > v && f > 0.0 {
+        f32::from_bits(f.to_bits() - 1)
+    } else {
+        f
+    }
+}
+
 /// Row-major flat index -> position in `shape` (the flat index alone for a scalar).
 fn unravel(mut i: usize, shape: &[usize]) -> Vec<usize> {
     if shape.is_empty() {
@@ -892,7 +963,7 @@ mod tests {
         let mut first = None;
         for (i, (&x, &y)) in a.iter().zip(b).enumerate() {
             let d = (x as f64 - y as f64).abs();
-            max = max.max(d);
+            max = max.max((x - y).abs() as f64);
             sum += d;
             if d > tol.atol + tol.rtol * (y as f64).abs() {
                 mism += 1;
@@ -931,12 +1002,128 @@ mod tests {
         let (max, mean, mism, first) = direct(&a, &b, tol);
         assert_eq!(acc.count, n as u64);
         assert_eq!(acc.max_abs, max);
-        assert!((acc.sum_abs / n as f64 - mean).abs() <= 1e-12 * mean.max(1.0));
+        assert!((acc.sum_abs / n as f64 - mean).abs() <= 1e-6 * mean);
         assert_eq!((acc.mismatches, acc.first_mismatch), (mism, first));
         let w = acc.worst.unwrap();
-        assert_eq!((a[w] as f64 - b[w] as f64).abs(), max);
+        assert_eq!((a[w] - b[w]).abs() as f64, max);
         // The lowest index among equal maxima.
-        assert!((0..w).all(|i| (a[i] as f64 - b[i] as f64).abs() < max));
+        assert!((0..w).all(|i| ((a[i] - b[i]).abs() as f64) < max));
+    }
+
+    /// Pair values that stress the f32 fast path: exact copies, differences at and
+    /// around the tolerance, subnormals; unless `clean`, also huge values whose
+    /// squares overflow f32, NaN and ±Inf on either side (rare, so that most groups
+    /// still take the fast path).
+    fn pair(clean: bool, tol: Tol) -> impl proptest::strategy::Strategy<Value = (f32, f32)> {
+        use proptest::prelude::*;
+        let base = prop_oneof![
+            40 => -4.0f32..4.0,
+            4 => Just(0.0f32),
+            4 => (1u32..1000).prop_map(f32::from_bits),
+            if clean { 0 } else { 1 } => -1e25f32..1e25,
+        ];
+        (base, 0u16..400, -3.0f32..3.0).prop_map(move |(y, how, r)| {
+            let how = if clean && (390..395).contains(&how) {
+                0
+            } else {
+                how
+            };
+            match how {
+                0..=199 => (y, y),
+                200..=259 => (y + r * 1e-5, y),
+                260..=319 => (y * (1.0 + r * 1e-4), y),
+                320..=369 => (y + r * 1e-3, y),
+                370..=379 => (f32::from_bits(y.to_bits().wrapping_add(how as u32 % 3)), y),
+                380..=389 => {
+                    // Within a few 1e-6 of the tolerance, either side of it.
+                    let t = (tol.atol + tol.rtol * (y as f64).abs()) * (1.0 + r as f64 * 1e-6);
+                    ((y as f64 + if how % 2 == 0 { t } else { -t }) as f32, y)
+                }
+                390 => (f32::NAN, y),
+                391 => (y, f32::NAN),
+                392 => (f32::NAN, f32::NAN),
+                393 => (f32::INFINITY, y),
+                394 => (f32::NEG_INFINITY, f32::NEG_INFINITY),
+                _ => (-y, y),
+            }
+        })
+    }
+
+    fn case() -> impl proptest::strategy::Strategy<Value = (Vec<(f32, f32)>, Tol)> {
+        use proptest::prelude::*;
+        (
+            any::<bool>(),
+            proptest::sample::select(vec![0.0, 1e-45, 1e-40, 1e-5, 1e-3, 0.5]),
+            proptest::sample::select(vec![0.0, 1e-4, 1.0 / 256.0, 1.0]),
+        )
+            .prop_flat_map(|(clean, atol, rtol)| {
+                let tol = Tol { atol, rtol };
+                (
+                    proptest::collection::vec(pair(clean, tol), 0..1200),
+                    Just(tol),
+                )
+            })
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+        #[test]
+        fn fast_path_verdicts_are_exact(
+            (pairs, tol) in case(),
+        ) {
+            let (a, b): (Vec<f32>, Vec<f32>) = pairs.into_iter().unzip();
+            let acc = Acc::of(&a, &b, 0, tol);
+            // Reference: every pair on its own, in f64.
+            let mut want = Acc::EMPTY;
+            want.count = a.len() as u64;
+            for i in 0..a.len() {
+                want.one(i, a[i], b[i], tol);
+            }
+            proptest::prop_assert_eq!(acc.mismatches, want.mismatches);
+            proptest::prop_assert_eq!(acc.first_mismatch, want.first_mismatch);
+            proptest::prop_assert_eq!(acc.finite, want.finite);
+            proptest::prop_assert_eq!(acc.max_abs, want.max_abs);
+            proptest::prop_assert_eq!(acc.worst, want.worst);
+            proptest::prop_assert_eq!(
+                (acc.nan_a, acc.nan_b, acc.inf_a, acc.inf_b, acc.nan_mismatches, acc.inf_mismatches),
+                (want.nan_a, want.nan_b, want.inf_a, want.inf_b, want.nan_mismatches, want.inf_mismatches)
+            );
+            for (got, exp) in [
+                (acc.sum_abs, want.sum_abs),
+                (acc.sum_d2, want.sum_d2),
+                (acc.sum_a2, want.sum_a2),
+                (acc.sum_b2, want.sum_b2),
+                (acc.sum_ab, want.sum_ab),
+            ] {
+                // f32 sums within a group: about 1e-6 relative to the sum of magnitudes.
+                let scale = want.sum_a2 + want.sum_b2 + want.sum_abs + 1e-30;
+                proptest::prop_assert!((got - exp).abs() <= 1e-6 * scale, "{} vs {}", got, exp);
+            }
+        }
+    }
+
+    #[test]
+    fn fast_path_handles_identical_and_one_ulp_apart() {
+        let a: Vec<f32> = (0..1000).map(|i| (i as f32 * 0.37).sin()).collect();
+        let exact = Tol {
+            atol: 0.0,
+            rtol: 0.0,
+        };
+        let acc = Acc::of(&a, &a, 0, exact);
+        assert_eq!((acc.mismatches, acc.max_abs, acc.finite), (0, 0.0, 1000));
+        assert_eq!(acc.worst, Some(0));
+        let mut b = a.clone();
+        b[700] = f32::from_bits(b[700].to_bits() + 1);
+        let acc = Acc::of(&a, &b, 0, exact);
+        assert_eq!(
+            (acc.mismatches, acc.first_mismatch, acc.worst),
+            (1, Some(700), Some(700))
+        );
+        // NaN inside a fast group, same place on both sides: agrees.
+        let mut c = a.clone();
+        c[300] = f32::NAN;
+        let acc = Acc::of(&c, &c, 0, exact);
+        assert_eq!((acc.mismatches, acc.nan_a, acc.finite), (0, 1, 999));
     }
 
     #[test]

@@ -135,10 +135,11 @@ fn a_perturbed_layer_is_the_first_divergence_with_the_right_numbers() {
     let out_of_tol: Vec<usize> = (0..500)
         .filter(|&i| diffs[i].abs() > 1e-5 + 1e-4 * (vb[i] as f64).abs())
         .collect();
+    // The documented precision of the sums: about 1e-6 relative.
     let close = |got: &Value, want: f64, what: &str| {
         let got = got.as_f64().unwrap();
         assert!(
-            (got - want).abs() <= 1e-9 * want.abs().max(1e-12),
+            (got - want).abs() <= 1e-6 * want.abs(),
             "{what}: got {got}, want {want}"
         );
     };

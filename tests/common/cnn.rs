@@ -59,7 +59,9 @@ pub fn dims_of(weights: &Path) -> Result<Dims, String> {
         hidden: f1[0],
         classes: f2[0],
     };
-    let side = ((28 - d.k1 + 1) / 2 - d.k2 + 1) / 2;
+    // 28 -> conv (valid) -> pool 2 -> conv (valid) -> pool 2.
+    let pooled1 = (29usize.saturating_sub(d.k1)) / 2;
+    let side = (pooled1 + 1).saturating_sub(d.k2) / 2;
     if d.c2 * side * side != d.flat || c1w[1] != 1 || c2w[1] != d.c1 || f2[1] != d.hidden {
         return Err(format!(
             "{}: unexpected architecture {d:?} (expected conv-pool-conv-pool-fc-fc on 1x28x28)",
