@@ -1,13 +1,15 @@
 //! The `candlelight` command line: one function per subcommand.
 
-mod diff;
-
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
 use candlelight::{LayerInfo, Run, Stats};
+
+mod demo;
+mod diff;
+mod render;
 
 /// See inside candle models: record, render, watch and compare runs.
 #[derive(Debug, Parser)]
@@ -34,6 +36,10 @@ pub enum Command {
     /// Compare two runs layer by layer (A against the reference B): numbers per
     /// layer, the first divergent layer; exit 0 all agree, 1 some diverge, 2 error.
     Diff(diff::DiffArgs),
+    /// Render run files into PNG galleries: OUT/<run>/index.html per run, OUT/index.html.
+    Render(render::RenderArgs),
+    /// Record the bundled model on sample inputs into runs/ and render galleries/.
+    Demo(demo::DemoArgs),
 }
 
 /// Runs the parsed command; `Ok(code)` is the process exit code.
@@ -42,6 +48,8 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Ls { dir } => ls(&dir),
         Command::Show { run, layer } => show(&run, layer.as_deref()),
         Command::Diff(args) => diff::run(args),
+        Command::Render(args) => render::render(args),
+        Command::Demo(args) => demo::demo(args),
     }
 }
 
