@@ -1,54 +1,36 @@
-//! The candle side of a port check against PyTorch (README, "Compare with PyTorch").
-//! Records the MNIST CNN on a fixed input and writes what the PyTorch reference
-//! (`python/mnist_reference.py`) needs to run the same model on the same input:
+//! The candle side of a port check against PyTorch (README, "Compare with PyTorch"):
+//! records the shipped MNIST CNN on one digit, for `python/mnist_reference.py` to
+//! record the same weights on the same digit in PyTorch and `candlelight diff` to
+//! compare the two runs:
 //!
 //! ```sh
-//! cargo run --release --example torch_port -- port/     # candle run + input + weights
-//! python python/mnist_reference.py port/weights.safetensors port/input.safetensors port/torch
+//! cargo run --release --example torch_port -- assets/digits/digit-3.png port/candle
+//! python python/mnist_reference.py weights/mnist_cnn.safetensors assets/digits/digit-3.png port/torch
 //! candlelight diff port/candle/*.safetensors port/torch/*.safetensors
 //! ```
-//!
-//! Weights: `weights/mnist_cnn.safetensors` when present (copied to
-//! `OUT/weights.safetensors`), otherwise the seed CNN with seeded weights.
-
-#[path = "../tests/common/cnn.rs"]
-mod cnn;
-
-use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use candle_core::{DType, Module};
+use candle_core::{Device, D};
+use candlelight::models::mnist_cnn::{default_weights_path, image_to_input, MnistCnn};
 use candlelight::Recorder;
 
 fn main() -> Result<()> {
-    let out = PathBuf::from(std::env::args().nth(1).unwrap_or_else(|| "port".into()));
-    std::fs::create_dir_all(&out).with_context(|| format!("{}: cannot create", out.display()))?;
-    let weights = out.join("weights.safetensors");
-    let shipped = Path::new("weights/mnist_cnn.safetensors");
-    if shipped.is_file() {
-        std::fs::copy(shipped, &weights)
-            .with_context(|| format!("{}: cannot copy", shipped.display()))?;
-        println!("weights: {} (shipped)", shipped.display());
-    } else {
-        cnn::write_seeded_weights(&weights, 42)?;
-        println!(
-            "weights: seeded seed-CNN weights ({} not found)",
-            shipped.display()
-        );
-    }
-    let x = cnn::write_input(&out.join("input.safetensors"), 7)?;
-    let model = cnn::load(&weights, DType::F32).map_err(anyhow::Error::msg)?;
-    let (y, run) = Recorder::new("mnist-cnn")
-        .input("input.safetensors")
-        .record(|| model.forward(&x))?;
-    let path = run.save(out.join("candle"))?;
+    let mut args = std::env::args().skip(1);
+    let digit = args
+        .next()
+        .unwrap_or_else(|| "assets/digits/digit-3.png".into());
+    let out = args.next().unwrap_or_else(|| "port/candle".into());
+    let device = Device::Cpu;
+    let model = MnistCnn::load(&default_weights_path(), &device)?;
+    let x = image_to_input(digit.as_ref(), &device)?;
+    let (probs, run) = Recorder::new("mnist-cnn")
+        .input(digit.clone())
+        .record(|| model.predict(&x).map_err(candle_core::Error::wrap))?;
+    let path = run
+        .save(&out)
+        .with_context(|| format!("{out}: cannot save the run"))?;
+    let pred = probs.argmax(D::Minus1)?.squeeze(0)?.to_scalar::<u32>()?;
+    println!("{digit}: predicted {pred}");
     println!("candle run: {} ({} layers)", path.display(), run.len());
-    println!("probabilities: {:?}", y.flatten_all()?.to_vec1::<f32>()?);
-    println!(
-        "next: python python/mnist_reference.py {} {} {}",
-        weights.display(),
-        out.join("input.safetensors").display(),
-        out.join("torch").display()
-    );
     Ok(())
 }

@@ -20,23 +20,20 @@
 
 use std::path::{Path, PathBuf};
 
-use image::{Rgb, RgbImage};
+use image::RgbImage;
 use serde::Serialize;
 
 use crate::diff::{LayerDiff, RunDiff, Status};
-use crate::runfile::{sanitize_id, shape_str, write_atomic, Run};
+use crate::gallery::{fmt_num as fmt, layer_file_stem};
+use crate::render::{self, colormap, Colormap, Layout, LayoutKind, RenderOptions, FLAG, SEPARATOR};
+use crate::runfile::{shape_str, write_atomic, Run};
 use crate::values::LayerData;
 use crate::{Error, Result};
 
-/// Longest side of a picture when the layer is small (enlarged by an integer factor
-/// to at least this, nearest neighbour).
-const TARGET: usize = 300;
-/// Longest side of a picture at most (larger layers are sampled).
-const MAX_SIDE: usize = 480;
-/// NaN and ±Inf.
-const FLAG: Rgb<u8> = Rgb([255, 0, 255]);
-const SEPARATOR: Rgb<u8> = Rgb([40, 40, 40]);
-const BACKGROUND: Rgb<u8> = Rgb([128, 128, 128]);
+/// Pixel budget of one diff picture (three per layer).
+const MAX_PIXELS: usize = 360_000;
+/// Marks a cell with no value (the tail of a folded vector).
+const BLANK: f32 = f32::NEG_INFINITY;
 
 /// Writes the diff gallery of `d` (computed from `a` and `b`) into `out`; returns
 /// the path of its `index.html`.
@@ -118,18 +115,6 @@ struct Picture {
     scale: String,
 }
 
-fn fmt(v: f64) -> String {
-    if v.is_nan() {
-        "-".into()
-    } else if v.is_infinite() {
-        if v > 0.0 { "inf" } else { "-inf" }.into()
-    } else if v == 0.0 || (1e-3..1e5).contains(&v.abs()) {
-        format!("{v:.4}")
-    } else {
-        format!("{v:.3e}")
-    }
-}
-
 fn sort_key(v: f64) -> String {
     if v.is_nan() {
         "-1".into()
@@ -144,7 +129,7 @@ fn render_rows(d: &RunDiff, a: &Run, b: &Run, dir: &Path) -> Result<Vec<Row>> {
     let first = d.layers.iter().position(|l| l.diverges);
     let mut rows = Vec::with_capacity(d.layers.len());
     for (i, l) in d.layers.iter().enumerate() {
-        let stem = format!("{i:03}-{}", sanitize_id(l.name()));
+        let stem = layer_file_stem(i, l.name());
         let da = l.index_a.map(|k| a.data_at(k)).transpose()?;
         let db = l.index_b.map(|k| b.data_at(k)).transpose()?;
         let (pic_a, pic_b, pic_d) = pictures(l, da.as_ref(), db.as_ref(), dir, &stem)?;
@@ -219,6 +204,22 @@ fn render_rows(d: &RunDiff, a: &Run, b: &Run, dir: &Path) -> Result<Vec<Row>> {
 
 type Pictures = (Option<Picture>, Option<Picture>, Option<Picture>);
 
+fn save_png(img: &RgbImage, dir: &Path, file: String, scale: String) -> Result<Picture> {
+    let path = dir.join(&file);
+    std::fs::write(&path, render::encode_png(img)?).map_err(|e| Error::io(&path, e))?;
+    Ok(Picture {
+        file: format!("layers/{file}"),
+        width: img.width(),
+        height: img.height(),
+        scale,
+    })
+}
+
+/// A, B and A − B pictures of one layer. Geometry and colours are the galleries'
+/// ([`render::layout`], [`Colormap`]); A and B share one colour scale per channel
+/// (the range over both), A − B uses RdBu on one range symmetric around 0. A layer
+/// on one side only (or with a different element count) is drawn by the shared
+/// renderer alone.
 fn pictures(
     l: &LayerDiff,
     da: Option<&LayerData<'_>>,
@@ -226,242 +227,296 @@ fn pictures(
     dir: &Path,
     stem: &str,
 ) -> Result<Pictures> {
-    let save = |img: &RgbImage, suffix: &str, scale: String| -> Result<Picture> {
-        let file = format!("{stem}.{suffix}.png");
-        let path = dir.join(&file);
-        img.save_with_format(&path, image::ImageFormat::Png)
-            .map_err(|e| Error::Image {
-                path: path.clone(),
-                msg: e.to_string(),
-            })?;
-        Ok(Picture {
-            file: format!("layers/{file}"),
-            width: img.width(),
-            height: img.height(),
-            scale,
-        })
+    // Smaller than the galleries' pictures: three of them sit side by side.
+    let opts = RenderOptions {
+        max_pixels: MAX_PIXELS,
+        min_cell: 40,
+        min_side: 200,
+        ..RenderOptions::default()
     };
-    let same_count = matches!((da, db), (Some(x), Some(y)) if x.len() == y.len());
-    match (da, db) {
-        (Some(da), Some(db)) if same_count => {
-            let shape = l.shape_a.as_deref().unwrap_or(&[]);
-            let grid = Grid::new(shape, da.len());
-            let va = grid.gather(|i| da.get(i));
-            let vb = grid.gather(|i| db.get(i));
-            let ranges = grid.channel_ranges(&[&va, &vb]);
-            let (ia, scale) = grid.paint_shared(&va, &ranges);
-            let (ib, _) = grid.paint_shared(&vb, &ranges);
-            let vd: Vec<f32> = va.iter().zip(&vb).map(|(x, y)| x - y).collect();
-            let (id, dscale) = grid.paint_diverging(&vd);
-            Ok((
-                Some(save(&ia, "a", scale.clone())?),
-                Some(save(&ib, "b", scale)?),
-                Some(save(&id, "d", dscale)?),
-            ))
-        }
+    let file = |suffix: &str| format!("{stem}.{suffix}.png");
+    let (da, db) = match (da, db) {
+        (Some(da), Some(db)) if da.len() == db.len() => (da, db),
         _ => {
-            let one = |data: Option<&LayerData<'_>>,
-                       shape: Option<&Vec<usize>>,
-                       suffix: &str|
-             -> Result<Option<Picture>> {
-                let Some(data) = data else { return Ok(None) };
-                let grid = Grid::new(shape.map(Vec::as_slice).unwrap_or(&[]), data.len());
-                let v = grid.gather(|i| data.get(i));
-                let ranges = grid.channel_ranges(&[&v]);
-                let (img, scale) = grid.paint_shared(&v, &ranges);
-                Ok(Some(save(&img, suffix, scale)?))
-            };
-            Ok((
-                one(da, l.shape_a.as_ref(), "a")?,
-                one(db, l.shape_b.as_ref(), "b")?,
-                None,
-            ))
-        }
-    }
-}
-
-/// Where each output pixel of a picture comes from: tiles of channels for
-/// `[N, C, H, W]` (first sample), a `T × D` heatmap for `[N, T, D]`, anything else
-/// folded into a near-square. Only the pixels drawn are ever read.
-struct Grid {
-    width: usize,
-    height: usize,
-    /// Per output pixel: (element index, tile) or None for separators/background.
-    pixels: Vec<Option<(usize, usize)>>,
-    tiles: usize,
-}
-
-impl Grid {
-    fn new(shape: &[usize], len: usize) -> Grid {
-        // (tiles, tile height, tile width, elements per tile, used elements)
-        let (tiles, th, tw) = match shape {
-            [_, c, h, w] if *c * *h * *w > 0 => (*c, *h, *w),
-            [_, t, d] if *t * *d > 0 => (1, *t, *d),
-            _ => {
-                let n = match shape {
-                    [_, d] => (*d).min(len),
-                    _ => len,
+            let one = |data: Option<&LayerData<'_>>, shape: &Option<Vec<usize>>, suffix: &str| {
+                let (Some(data), Some(shape)) = (data, shape) else {
+                    return Ok(None);
                 };
-                let w = (n as f64).sqrt().ceil().max(1.0) as usize;
-                (1, n.div_ceil(w).max(1), w)
-            }
-        };
-        let per_tile = th * tw;
-        let flat_fold = !matches!(shape, [_, _, _, _] | [_, _, _]);
-        let used = if flat_fold {
-            match shape {
-                [_, d] => (*d).min(len),
-                _ => len,
-            }
-        } else {
-            (tiles * per_tile).min(len)
-        };
-        let cols = (tiles as f64).sqrt().ceil().max(1.0) as usize;
-        let rows = tiles.div_ceil(cols).max(1);
-        let sep = usize::from(tiles > 1);
-        let lw = cols * tw + (cols - 1) * sep;
-        let lh = rows * th + (rows - 1) * sep;
-        let longest = lw.max(lh).max(1);
-        let (width, height) = if longest < TARGET {
-            let f = TARGET.div_ceil(longest).min(2 * TARGET / longest).max(1);
-            (lw * f, lh * f)
-        } else if longest <= MAX_SIDE {
-            (lw, lh)
-        } else {
-            (
-                (lw * MAX_SIDE / longest).max(1),
-                (lh * MAX_SIDE / longest).max(1),
-            )
-        };
-        let mut pixels = Vec::with_capacity(width * height);
-        for oy in 0..height {
-            let ly = oy * lh / height;
-            let (tr, y, in_y) = (ly / (th + sep), ly % (th + sep), ly % (th + sep) < th);
-            for ox in 0..width {
-                let lx = ox * lw / width;
-                let (tc, x, in_x) = (lx / (tw + sep), lx % (tw + sep), lx % (tw + sep) < tw);
-                let tile = tr * cols + tc;
-                let idx = tile * per_tile + y * tw + x;
-                pixels.push((in_x && in_y && tile < tiles && idx < used).then_some((idx, tile)));
-            }
+                let pic = render::render(data, shape, &opts)?;
+                let scale = match pic.range {
+                    Some((lo, hi)) => format!(
+                        "{}, each channel on its own range; {} .. {}",
+                        pic.colormap,
+                        fmt(lo as f64),
+                        fmt(hi as f64)
+                    ),
+                    None => "no finite value".into(),
+                };
+                save_png(&pic.image, dir, file(suffix), scale).map(Some)
+            };
+            return Ok((one(da, &l.shape_a, "a")?, one(db, &l.shape_b, "b")?, None));
         }
-        Grid {
-            width,
-            height,
-            pixels,
-            tiles,
-        }
-    }
-
-    /// The value under each pixel (NaN where there is none).
-    fn gather(&self, get: impl Fn(usize) -> f32) -> Vec<f32> {
-        self.pixels
-            .iter()
-            .map(|p| p.map(|(i, _)| get(i)).unwrap_or(f32::NAN))
+    };
+    let shape = l.shape_a.clone().unwrap_or_else(|| vec![da.len()]);
+    let layout = render::layout(&shape, &opts)?;
+    let tiles: Vec<PairTile> = {
+        use rayon::prelude::*;
+        (0..layout.tiles)
+            .into_par_iter()
+            .map(|t| reduce_pair(da, db, &layout, layout.offset + t * layout.tile_len))
             .collect()
-    }
+    };
+    let ranges: Vec<Option<(f32, f32)>> = tiles
+        .iter()
+        .map(|t| union(finite_range(&t.a), finite_range(&t.b)))
+        .collect();
+    let all = ranges
+        .iter()
+        .flatten()
+        .copied()
+        .reduce(|x, y| union(Some(x), Some(y)).expect("some"));
+    let cm = Colormap::Auto.resolve(all.is_some_and(|r| r.0 < 0.0));
+    let maps: Vec<Mapping> = ranges.iter().map(|r| Mapping::new(cm, *r)).collect();
+    let scale = match all {
+        Some((lo, hi)) => format!(
+            "{cm}, each channel on its own range, the same for A and B; {} .. {}",
+            fmt(lo as f64),
+            fmt(hi as f64)
+        ),
+        None => "no finite value".into(),
+    };
+    let ia = paint(&layout, &tiles, |t| &t.a, &maps, cm);
+    let ib = paint(&layout, &tiles, |t| &t.b, &maps, cm);
+    let m = tiles
+        .iter()
+        .flat_map(|t| t.d.iter())
+        .filter(|v| v.is_finite())
+        .fold(0f32, |m, v| m.max(v.abs()));
+    let dmap = Mapping::new(Colormap::RdBu, Some((-m, m)));
+    let id = paint(
+        &layout,
+        &tiles,
+        |t| &t.d,
+        &vec![dmap; tiles.len()],
+        Colormap::RdBu,
+    );
+    let dscale = if m > 0.0 {
+        format!(
+            "rdbu: red A > B, blue A < B, white equal; +/-{} (largest shown)",
+            fmt(m as f64)
+        )
+    } else {
+        "no difference in the values shown".into()
+    };
+    Ok((
+        Some(save_png(&ia, dir, file("a"), scale.clone())?),
+        Some(save_png(&ib, dir, file("b"), scale)?),
+        Some(save_png(&id, dir, file("d"), dscale)?),
+    ))
+}
 
-    /// Per tile, the finite (min, max) over all given pictures' pixels.
-    fn channel_ranges(&self, sides: &[&Vec<f32>]) -> Vec<(f32, f32)> {
-        let mut r = vec![(f32::INFINITY, f32::NEG_INFINITY); self.tiles];
-        for v in sides {
-            for (p, &x) in self.pixels.iter().zip(v.iter()) {
-                if let (Some((_, t)), true) = (p, x.is_finite()) {
-                    r[*t].0 = r[*t].0.min(x);
-                    r[*t].1 = r[*t].1.max(x);
-                }
+/// One grid cell's values as shown: A and B (box means when the layout reduces,
+/// NaN where a non-finite value fell, [`BLANK`] past the end) and A − B (the
+/// signed difference of the pair with the largest |A − B| in each block, so a
+/// single divergent element stays visible; NaN where the pair disagrees on NaN/Inf).
+struct PairTile {
+    a: Vec<f32>,
+    b: Vec<f32>,
+    d: Vec<f32>,
+}
+
+fn reduce_pair(da: &LayerData<'_>, db: &LayerData<'_>, l: &Layout, start: usize) -> PairTile {
+    let (h, w, len) = (l.tile_h, l.tile_w, l.tile_len);
+    let (dy, dx) = (l.y.down, l.x.down);
+    let (rh, rw) = (h.div_ceil(dy), w.div_ceil(dx));
+    let mut t = PairTile {
+        a: vec![BLANK; rh * rw],
+        b: vec![BLANK; rh * rw],
+        d: vec![BLANK; rh * rw],
+    };
+    let (mut ra, mut rb) = (vec![0f32; w], vec![0f32; w]);
+    // Per output column: sums and counts of finite A and B, flags, the extreme difference.
+    let mut acc = vec![Cell::default(); rw];
+    for ry in 0..rh {
+        acc.fill(Cell::default());
+        for r in ry * dy..((ry + 1) * dy).min(h) {
+            let s = r * w;
+            if s >= len {
+                break;
+            }
+            let n = w.min(len - s);
+            da.read_into(start + s, &mut ra[..n]);
+            db.read_into(start + s, &mut rb[..n]);
+            for (k, (&x, &y)) in ra[..n].iter().zip(&rb[..n]).enumerate() {
+                acc[k / dx].add(x, y);
             }
         }
-        r
+        for (oc, c) in acc.iter().enumerate() {
+            if c.n == 0 {
+                continue;
+            }
+            let i = ry * rw + oc;
+            t.a[i] = c.mean_a();
+            t.b[i] = c.mean_b();
+            t.d[i] = if c.bad_d { f32::NAN } else { c.d };
+        }
+    }
+    t
+}
+
+#[derive(Clone, Copy, Default)]
+struct Cell {
+    n: u32,
+    sa: f64,
+    na: u32,
+    bad_a: bool,
+    sb: f64,
+    nb: u32,
+    bad_b: bool,
+    d: f32,
+    bad_d: bool,
+}
+
+impl Cell {
+    fn add(&mut self, x: f32, y: f32) {
+        self.n += 1;
+        if x.is_finite() {
+            self.sa += x as f64;
+            self.na += 1;
+        } else {
+            self.bad_a = true;
+        }
+        if y.is_finite() {
+            self.sb += y as f64;
+            self.nb += 1;
+        } else {
+            self.bad_b = true;
+        }
+        if x.is_finite() && y.is_finite() {
+            let d = x - y;
+            if d.abs() > self.d.abs() {
+                self.d = d;
+            }
+        } else if !(x.is_nan() && y.is_nan()) && x != y {
+            self.bad_d = true;
+        }
     }
 
-    fn image(&self, colour: impl Fn(usize, usize) -> Rgb<u8>) -> RgbImage {
-        let mut img = RgbImage::new(self.width as u32, self.height as u32);
-        for (k, px) in img.pixels_mut().enumerate() {
-            *px = match self.pixels[k] {
-                None => {
-                    if self.tiles > 1 {
-                        SEPARATOR
-                    } else {
-                        BACKGROUND
+    fn mean_a(&self) -> f32 {
+        if self.bad_a || self.na == 0 {
+            f32::NAN
+        } else {
+            (self.sa / self.na as f64) as f32
+        }
+    }
+
+    fn mean_b(&self) -> f32 {
+        if self.bad_b || self.nb == 0 {
+            f32::NAN
+        } else {
+            (self.sb / self.nb as f64) as f32
+        }
+    }
+}
+
+fn finite_range(v: &[f32]) -> Option<(f32, f32)> {
+    v.iter()
+        .filter(|x| x.is_finite())
+        .fold(None, |r, &x| match r {
+            None => Some((x, x)),
+            Some((lo, hi)) => Some((lo.min(x), hi.max(x))),
+        })
+}
+
+fn union(a: Option<(f32, f32)>, b: Option<(f32, f32)>) -> Option<(f32, f32)> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some((a.0.min(b.0), a.1.max(b.1))),
+        (a, None) => a,
+        (None, b) => b,
+    }
+}
+
+/// Value -> position in the colormap.
+#[derive(Debug, Clone, Copy)]
+enum Mapping {
+    Linear { lo: f32, k: f32 },
+    Fixed(f32),
+}
+
+impl Mapping {
+    fn new(cm: Colormap, range: Option<(f32, f32)>) -> Mapping {
+        let Some((lo, hi)) = range else {
+            return Mapping::Fixed(0.5);
+        };
+        if cm.is_diverging() {
+            let m = lo.abs().max(hi.abs());
+            return if m > 0.0 && m.is_finite() {
+                Mapping::Linear { lo: -m, k: 0.5 / m }
+            } else {
+                Mapping::Fixed(0.5)
+            };
+        }
+        if hi > lo && (hi - lo).is_finite() {
+            Mapping::Linear {
+                lo,
+                k: 1.0 / (hi - lo),
+            }
+        } else {
+            Mapping::Fixed(if lo == 0.0 { 0.0 } else { 0.5 })
+        }
+    }
+
+    fn color(self, v: f32, lut: &[[u8; 3]; colormap::LUT_SIZE]) -> [u8; 3] {
+        if v == BLANK {
+            return SEPARATOR;
+        }
+        if v.is_nan() {
+            return FLAG;
+        }
+        let t = match self {
+            Mapping::Linear { lo, k } => (v - lo) * k,
+            Mapping::Fixed(t) => t,
+        };
+        lut[colormap::lut_index(t)]
+    }
+}
+
+/// Paints the cells of `layout` from `values(tile)`, separators in between.
+fn paint(
+    layout: &Layout,
+    tiles: &[PairTile],
+    values: impl Fn(&PairTile) -> &Vec<f32>,
+    maps: &[Mapping],
+    cm: Colormap,
+) -> RgbImage {
+    let (w, h) = (layout.width as u32, layout.height as u32);
+    let mut img = RgbImage::from_pixel(w, h, image::Rgb(SEPARATOR));
+    if layout.kind == LayoutKind::Empty {
+        return img;
+    }
+    let lut = cm.lut();
+    let (rh, rw) = (
+        layout.tile_h.div_ceil(layout.y.down),
+        layout.tile_w.div_ceil(layout.x.down),
+    );
+    for (t, tile) in tiles.iter().enumerate() {
+        let (gr, gc) = (t / layout.cols, t % layout.cols);
+        let x0 = gc * (layout.cell_w + layout.separator);
+        let y0 = gr * (layout.cell_h + layout.separator);
+        let vals = values(tile);
+        for ry in 0..rh {
+            for rx in 0..rw {
+                let c = image::Rgb(maps[t].color(vals[ry * rw + rx], lut));
+                for yy in 0..layout.y.zoom {
+                    for xx in 0..layout.x.zoom {
+                        let (px, py) = (x0 + rx * layout.x.zoom + xx, y0 + ry * layout.y.zoom + yy);
+                        img.put_pixel(px as u32, py as u32, c);
                     }
                 }
-                Some((_, t)) => colour(t, k),
-            };
+            }
         }
-        img
     }
-
-    /// Viridis when every range is non-negative, else a diverging map symmetric
-    /// around 0; each tile on its own range. Returns the picture and its scale text.
-    fn paint_shared(&self, v: &[f32], ranges: &[(f32, f32)]) -> (RgbImage, String) {
-        let signed = ranges.iter().any(|&(lo, hi)| lo <= hi && lo < 0.0);
-        let img = self.image(|t, k| {
-            let x = v[k];
-            let (lo, hi) = ranges[t];
-            if !x.is_finite() {
-                return FLAG;
-            }
-            if signed {
-                let m = lo.abs().max(hi.abs());
-                diverging(if m > 0.0 { x / m } else { 0.0 })
-            } else {
-                let s = if hi > lo { (x - lo) / (hi - lo) } else { 0.5 };
-                let c = colorous::VIRIDIS.eval_continuous(s.clamp(0.0, 1.0) as f64);
-                Rgb([c.r, c.g, c.b])
-            }
-        });
-        let (lo, hi) = ranges
-            .iter()
-            .filter(|(lo, hi)| lo <= hi)
-            .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &(lo, hi)| {
-                (a.min(lo), b.max(hi))
-            });
-        let per = if self.tiles > 1 { " (per channel)" } else { "" };
-        let scale = if lo > hi {
-            "no finite value".to_string()
-        } else if signed {
-            format!(
-                "diverging, 0 centred, {} .. {}{per}",
-                fmt(lo as f64),
-                fmt(hi as f64)
-            )
-        } else {
-            format!("viridis {} .. {}{per}", fmt(lo as f64), fmt(hi as f64))
-        };
-        (img, scale)
-    }
-
-    /// A − B on one diverging scale, symmetric around 0 (red: A > B, blue: A < B).
-    fn paint_diverging(&self, v: &[f32]) -> (RgbImage, String) {
-        let m = v
-            .iter()
-            .filter(|x| x.is_finite())
-            .fold(0f32, |m, x| m.max(x.abs()));
-        let img = self.image(|_, k| {
-            let x = v[k];
-            if !x.is_finite() {
-                FLAG
-            } else {
-                diverging(if m > 0.0 { x / m } else { 0.0 })
-            }
-        });
-        let scale = if m > 0.0 {
-            format!(
-                "red A > B, blue A < B, scale +/-{} (largest on the shown pixels)",
-                fmt(m as f64)
-            )
-        } else {
-            "no difference on the shown pixels".to_string()
-        };
-        (img, scale)
-    }
-}
-
-/// `t` in [-1, 1] -> blue (negative), white (0), red (positive).
-fn diverging(t: f32) -> Rgb<u8> {
-    let c = colorous::RED_BLUE.eval_continuous(((1.0 - t.clamp(-1.0, 1.0)) / 2.0) as f64);
-    Rgb([c.r, c.g, c.b])
+    img
 }
 
 const PAGE: &str = r##"<!doctype html>
@@ -612,8 +667,8 @@ fn page_html(d: &RunDiff, rows: &[Row]) -> Result<String> {
         b_name => side_name(&d.b),
         a_path => side_path(&d.a),
         b_path => side_path(&d.b),
-        atol => d.atol,
-        rtol => d.rtol,
+        atol => format!("{:e}", d.atol),
+        rtol => format!("{:e}", d.rtol),
         ignore_missing => d.ignore_missing,
         summary => summary,
         first => rows.iter().find(|r| r.first),
@@ -628,30 +683,50 @@ mod tests {
     use super::*;
 
     #[test]
-    fn grids_cover_channels_and_fold_vectors() {
-        // 4 channels of 3x5: 2x2 tiles, every element drawn, separators between.
-        let g = Grid::new(&[1, 4, 3, 5], 60);
-        let mut seen: Vec<usize> = g.pixels.iter().flatten().map(|(i, _)| *i).collect();
-        seen.sort();
-        seen.dedup();
-        assert_eq!(seen, (0..60).collect::<Vec<_>>());
-        assert!(g.pixels.iter().any(Option::is_none));
-        assert!((TARGET..=2 * TARGET).contains(&g.width.max(g.height)));
-        // A long vector is folded into a near-square and never exceeds MAX_SIDE.
-        let g = Grid::new(&[1, 1_000_000], 1_000_000);
-        assert!(g.width <= MAX_SIDE && g.height <= MAX_SIDE);
-        assert!(g.pixels.iter().flatten().all(|(i, _)| *i < 1_000_000));
-        // Only the first sample of a batch is drawn.
-        let g = Grid::new(&[3, 10], 30);
-        assert!(g.pixels.iter().flatten().all(|(i, _)| *i < 10));
+    fn a_single_divergent_element_survives_downsampling() {
+        // One sample of 64 channels of 300x300: far over the budget, so blocks are
+        // reduced; the one element off shows in A - B at full strength.
+        let n = 64 * 300 * 300;
+        let a = LayerData::from_f32(vec![1.0; n]);
+        let mut bv = vec![1.0; n];
+        bv[5 * 90_000 + 123 * 300 + 77] = 1.5;
+        let b = LayerData::from_f32(bv);
+        let opts = RenderOptions {
+            max_pixels: MAX_PIXELS,
+            ..RenderOptions::default()
+        };
+        let layout = render::layout(&[1, 64, 300, 300], &opts).unwrap();
+        assert!(layout.x.down > 1 && layout.width * layout.height <= MAX_PIXELS);
+        let tiles: Vec<PairTile> = (0..layout.tiles)
+            .map(|t| reduce_pair(&a, &b, &layout, t * layout.tile_len))
+            .collect();
+        let hits: Vec<(usize, f32)> = tiles
+            .iter()
+            .enumerate()
+            .flat_map(|(t, p)| p.d.iter().filter(|v| **v != 0.0).map(move |v| (t, *v)))
+            .collect();
+        assert_eq!(hits, vec![(5, -0.5)]);
+    }
+
+    #[test]
+    fn nan_cells_are_flagged_and_equal_nans_are_no_difference() {
+        let mut c = Cell::default();
+        c.add(f32::NAN, f32::NAN);
+        c.add(2.0, 1.0);
+        assert!(c.mean_a().is_nan() && !c.bad_d && c.d == 1.0);
+        let mut c = Cell::default();
+        c.add(f32::INFINITY, 1.0);
+        assert!(c.bad_d && c.mean_b() == 1.0);
     }
 
     #[test]
     fn diverging_colours_have_the_documented_sides() {
-        let (r, b) = (diverging(1.0), diverging(-1.0));
-        assert!(r.0[0] > r.0[2], "positive is red: {r:?}");
-        assert!(b.0[2] > b.0[0], "negative is blue: {b:?}");
-        let w = diverging(0.0);
-        assert!(w.0.iter().all(|&c| c > 230), "zero is near white: {w:?}");
+        let m = Mapping::new(Colormap::RdBu, Some((-2.0, 1.0)));
+        let lut = Colormap::RdBu.lut();
+        let (r, b, w) = (m.color(2.0, lut), m.color(-2.0, lut), m.color(0.0, lut));
+        assert!(r[0] > r[2], "positive is red: {r:?}");
+        assert!(b[2] > b[0], "negative is blue: {b:?}");
+        assert!(w.iter().all(|&c| c > 230), "zero is near white: {w:?}");
+        assert_eq!(m.color(f32::NAN, lut), FLAG);
     }
 }

@@ -4,12 +4,16 @@
 
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Device, Module, Tensor};
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use candlelight::models::mnist_cnn::{
+    default_weights_path, image_to_input, sample_digits, MnistCnn,
+};
 use candlelight::{DiffOptions, Recorder, Run, Status};
 use serde_json::Value;
 
 mod common;
-use common::{cl, cl_code, cnn, stderr, stdout};
+use common::{cl, cl_code, stderr, stdout};
 
 /// Saves a run of `layers` (name, shape, values) in capture order.
 fn save(dir: &Path, model: &str, layers: &[(&str, Vec<usize>, Vec<f32>)]) -> PathBuf {
@@ -493,34 +497,29 @@ fn the_diff_gallery_shows_every_layer_and_marks_the_first_divergence() {
     assert!(stderr(&out).contains("not from a candlelight diff gallery"));
 }
 
-/// The MNIST CNN (shipped weights when present, else the seed CNN with seeded
-/// weights) recorded in f32, stored as bf16, and computed in f16 (candle's CPU
-/// matmul has no bf16).
+/// The shipped MNIST CNN on a sample digit, recorded in f32, stored as bf16, and
+/// computed in f16 (candle's CPU matmul has no bf16).
 #[test]
 fn f32_against_bf16_recordings_differ_by_the_expected_amount() {
     let dir = tempfile::tempdir().unwrap();
-    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("weights/mnist_cnn.safetensors");
-    let weights = if shipped.is_file() {
-        shipped
-    } else {
-        println!("note: {} absent; using seeded weights", shipped.display());
-        let p = dir.path().join("weights.safetensors");
-        cnn::write_seeded_weights(&p, 42).unwrap();
-        p
-    };
-    let x = cnn::write_input(&dir.path().join("input.safetensors"), 7).unwrap();
-    let f32_model = cnn::load(&weights, DType::F32).unwrap();
+    let weights = default_weights_path();
+    let dev = Device::Cpu;
+    let x = image_to_input(&sample_digits().unwrap()[3].0, &dev).unwrap();
+    let model = MnistCnn::load(&weights, &dev).unwrap();
+    let predict = |m: &MnistCnn, x: &Tensor| m.predict(x).map_err(candle_core::Error::wrap);
     let (_, f32_run) = Recorder::new("mnist-cnn")
-        .record(|| f32_model.forward(&x))
+        .record(|| predict(&model, &x))
         .unwrap();
     let (_, stored_bf16) = Recorder::new("mnist-cnn")
         .store_as(DType::BF16)
-        .record(|| f32_model.forward(&x))
+        .record(|| predict(&model, &x))
         .unwrap();
-    let f16_model = cnn::load(&weights, DType::F16).unwrap();
+    // SAFETY: the shipped weights file is not modified while the model is built.
+    let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[&weights], DType::F16, &dev) }.unwrap();
+    let f16_model = MnistCnn::new(vb).unwrap();
     let xh = x.to_dtype(DType::F16).unwrap();
     let (_, computed_f16) = Recorder::new("mnist-cnn")
-        .record(|| f16_model.forward(&xh))
+        .record(|| predict(&f16_model, &xh))
         .unwrap();
     // Through files, as a user would.
     let f32_path = f32_run.save(dir.path()).unwrap();

@@ -7,12 +7,15 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use candle_core::{DType, Module};
+use candle_core::Device;
+use candlelight::models::mnist_cnn::{
+    default_weights_path, image_to_input, sample_digits, MnistCnn,
+};
 use candlelight::{Recorder, Run};
 use serde_json::Value;
 
 mod common;
-use common::{cl_code, cnn, stdout};
+use common::{cl_code, stdout};
 
 fn python_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("python")
@@ -170,6 +173,45 @@ print("ok")
     );
 }
 
+/// `mnist_reference.py`'s PNG reader and normalization (numpy only) give exactly
+/// the input candle's `image_to_input` gives, for every sample digit.
+#[test]
+fn the_reference_reads_digits_exactly_like_candle() {
+    let py = match common::python_with(&["numpy", "safetensors"]) {
+        Ok(py) => py,
+        Err(why) => {
+            println!("SKIP reference input: {why}");
+            return;
+        }
+    };
+    let script = r#"
+import sys
+sys.modules["torch"] = None
+import mnist_reference as mr
+for path in sys.argv[1:]:
+    x = mr.load_input(path)
+    assert x.shape == (1, 1, 28, 28) and x.dtype.name == "float32", (x.shape, x.dtype)
+    print(" ".join("%08x" % v for v in x.reshape(-1).view("<u4")))
+"#;
+    let digits = sample_digits().unwrap();
+    let paths: Vec<&str> = digits.iter().map(|(p, _)| p.to_str().unwrap()).collect();
+    let out = run_py(&py, script, &paths);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), digits.len());
+    for ((path, _), line) in digits.iter().zip(lines) {
+        let want: Vec<String> = image_to_input(path, &Device::Cpu)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+            .iter()
+            .map(|v| format!("{:08x}", v.to_bits()))
+            .collect();
+        assert_eq!(line, want.join(" "), "{}", path.display());
+    }
+}
+
 /// The README's port check: candle's run of the MNIST CNN against PyTorch's, same
 /// weights and input, all layers within the default tolerances.
 #[test]
@@ -182,29 +224,18 @@ fn pytorch_reference_of_the_mnist_cnn_agrees_with_candle() {
         }
     };
     let dir = tempfile::tempdir().unwrap();
-    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("weights/mnist_cnn.safetensors");
-    let weights = if shipped.is_file() {
-        shipped
-    } else {
-        println!(
-            "note: {} absent; the seed CNN with seeded weights stands in",
-            shipped.display()
-        );
-        let p = dir.path().join("weights.safetensors");
-        cnn::write_seeded_weights(&p, 42).unwrap();
-        p
-    };
-    let input = dir.path().join("input.safetensors");
-    let x = cnn::write_input(&input, 7).unwrap();
-    let model = cnn::load(&weights, DType::F32).unwrap();
+    let weights = default_weights_path();
+    let digit = sample_digits().unwrap()[3].0.clone();
+    let x = image_to_input(&digit, &Device::Cpu).unwrap();
+    let model = MnistCnn::load(&weights, &Device::Cpu).unwrap();
     let (_, run) = Recorder::new("mnist-cnn")
-        .record(|| model.forward(&x))
+        .record(|| model.predict(&x).map_err(candle_core::Error::wrap))
         .unwrap();
     let candle = run.save(dir.path().join("candle")).unwrap();
 
     let out = Command::new(&py)
         .arg(python_dir().join("mnist_reference.py"))
-        .args([&weights, &input, &dir.path().join("torch")])
+        .args([&weights, &digit, &dir.path().join("torch")])
         .env("PYTHONDONTWRITEBYTECODE", "1")
         .output()
         .unwrap();
@@ -235,12 +266,11 @@ fn pytorch_reference_of_the_mnist_cnn_agrees_with_candle() {
     // A port bug (conv2's weights off by 1%) is caught at conv2.
     let bug = r#"
 import sys
-sys.path.insert(0, sys.argv[4])
 import torch, mnist_reference as mr, candlelight_torch as cl
 from safetensors.numpy import load_file
-w = load_file(sys.argv[1])
+w = dict(load_file(sys.argv[1]))
 w["conv2.weight"] = w["conv2.weight"] * 1.01
-x = torch.from_numpy(load_file(sys.argv[2])["input"].copy())
+x = torch.from_numpy(mr.load_input(sys.argv[2]))
 print(cl.save_run(cl.record(mr.build(w), x, model_name="buggy"), sys.argv[3]))
 "#;
     let buggy = run_py(
@@ -248,9 +278,8 @@ print(cl.save_run(cl.record(mr.build(w), x, model_name="buggy"), sys.argv[3]))
         bug,
         &[
             weights.to_str().unwrap(),
-            input.to_str().unwrap(),
+            digit.to_str().unwrap(),
             dir.path().join("buggy").to_str().unwrap(),
-            python_dir().to_str().unwrap(),
         ],
     );
     let out = cl_code(

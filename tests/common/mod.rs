@@ -1,8 +1,6 @@
 //! Helpers shared by the integration tests: run the real binary, make small runs.
 #![allow(dead_code)]
 
-pub mod cnn;
-
 use std::path::Path;
 use std::process::{Command, Output};
 
