@@ -20,6 +20,8 @@
 //!
 //! The run-file format and gallery layout are described in `docs/FORMAT.md`.
 
+pub mod diff;
+pub mod diff_gallery;
 pub mod error;
 pub mod gallery;
 pub mod models;
@@ -29,6 +31,8 @@ pub mod runfile;
 pub mod stats;
 pub mod values;
 
+pub use diff::{diff, DiffOptions, LayerDiff, NameMap, RunDiff, Status};
+pub use diff_gallery::write_diff_gallery;
 pub use error::{Error, Result};
 pub use gallery::{render_gallery, write_index, GalleryOptions, Manifest};
 pub use record::{is_recording, nn, record_as, tap, tap_as, Recorder};

@@ -396,6 +396,37 @@ impl Run {
         }
     }
 
+    /// Tells the OS that this process is done with elements `elements` of layer
+    /// number `index`: their memory-mapped pages leave the process's resident set
+    /// (they stay in the page cache, so reading them again costs a minor page
+    /// fault). Streaming readers call it on what they have processed so a pass over
+    /// a huge run keeps a small footprint. A hint: no-op for runs in memory, for an
+    /// out-of-range request, and where the OS does not support it.
+    pub fn release(&self, index: usize, elements: std::ops::Range<usize>) {
+        #[cfg(unix)]
+        if let (Store::Mapped { map, ranges }, Some(info)) = (&self.store, self.layers.get(index)) {
+            let size = info.dtype.bitsize() / 8;
+            let (s, e) = ranges[index];
+            let start = s.saturating_add(elements.start.saturating_mul(size));
+            let end = s.saturating_add(elements.end.saturating_mul(size)).min(e);
+            if start < end {
+                // SAFETY: the mapping is a read-only shared file mapping; MADV_DONTNEED
+                // only drops this process's page-table entries, and touching the bytes
+                // again maps the same file contents back in. No byte seen through a
+                // borrowed slice changes.
+                let _ = unsafe {
+                    map.unchecked_advise_range(
+                        memmap2::UncheckedAdvice::DontNeed,
+                        start,
+                        end - start,
+                    )
+                };
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = (index, elements);
+    }
+
     /// The data of layer `name`.
     pub fn data(&self, name: &str) -> Result<LayerData<'_>> {
         self.data_at(self.index(name)?)

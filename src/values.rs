@@ -126,6 +126,23 @@ impl<'a> LayerData<'a> {
         }
     }
 
+    /// Elements `start..start + len` borrowed in place as f32, when the layer holds
+    /// f32 values already (owned, or stored as F32, 4-byte aligned, on a
+    /// little-endian machine); `None` otherwise (use [`LayerData::read_into`]).
+    pub fn f32_slice(&self, start: usize, len: usize) -> Option<&[f32]> {
+        let end = start.checked_add(len).filter(|&e| e <= self.len)?;
+        if let Some(v) = &self.owned {
+            return Some(&v[start..end]);
+        }
+        if self.dtype != Dtype::F32 || cfg!(target_endian = "big") {
+            return None;
+        }
+        let bytes = &self.bytes[start * 4..end * 4];
+        // SAFETY: any 4 bytes are a valid f32; `align_to` only yields the aligned middle.
+        let (head, mid, tail) = unsafe { bytes.align_to::<f32>() };
+        (head.is_empty() && tail.is_empty()).then_some(mid)
+    }
+
     /// Calls `f(offset, values)` on consecutive chunks of at most `chunk` elements.
     pub fn for_each_chunk(&self, chunk: usize, mut f: impl FnMut(usize, &[f32])) {
         let chunk = chunk.max(1);

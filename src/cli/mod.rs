@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 use candlelight::{LayerInfo, Run, Stats};
 
 mod demo;
+mod diff;
 mod render;
 
 /// See inside candle models: record, render, watch and compare runs.
@@ -32,6 +33,9 @@ pub enum Command {
         /// A layer name: summarize its values.
         layer: Option<String>,
     },
+    /// Compare two runs layer by layer (A against the reference B): numbers per
+    /// layer, the first divergent layer; exit 0 all agree, 1 some diverge, 2 error.
+    Diff(diff::DiffArgs),
     /// Render run files into PNG galleries: OUT/<run>/index.html per run, OUT/index.html.
     Render(render::RenderArgs),
     /// Record the bundled model on sample inputs into runs/ and render galleries/.
@@ -43,6 +47,7 @@ pub fn run(cli: Cli) -> Result<i32> {
     match cli.command {
         Command::Ls { dir } => ls(&dir),
         Command::Show { run, layer } => show(&run, layer.as_deref()),
+        Command::Diff(args) => diff::run(args),
         Command::Render(args) => render::render(args),
         Command::Demo(args) => demo::demo(args),
     }

@@ -81,6 +81,27 @@ pub fn python_with(modules: &[&str]) -> Result<String, String> {
     Err(why)
 }
 
+/// Like [`python_with`] for optional, heavy modules (`torch`): a missing one is a
+/// skip even under `CANDLELIGHT_REQUIRE_PYTHON=1`, and a failure only under
+/// `CANDLELIGHT_REQUIRE_TORCH=1`.
+pub fn python_with_optional(modules: &[&str]) -> Result<String, String> {
+    let py = std::env::var("CANDLELIGHT_PYTHON").unwrap_or_else(|_| "python3".into());
+    let probe = format!("import {}", modules.join(", "));
+    let ok = Command::new(&py)
+        .args(["-c", &probe])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if ok {
+        return Ok(py);
+    }
+    let why = format!("{py} cannot `{probe}`");
+    if std::env::var("CANDLELIGHT_REQUIRE_TORCH").is_ok_and(|v| v == "1") {
+        panic!("{why}, and CANDLELIGHT_REQUIRE_TORCH=1");
+    }
+    Err(why)
+}
+
 /// The Chromium binary for browser checks, or the reason there is none.
 /// `CANDLELIGHT_CHROMIUM` names it; otherwise `chromium` (Debian) or `chromium-browser`
 /// on the PATH. With `CANDLELIGHT_REQUIRE_CHROMIUM=1` a missing one is a failure.

@@ -1,0 +1,732 @@
+//! The diff gallery: a static HTML page comparing two runs, per layer A, B and
+//! A − B pictures side by side, the first divergent layer highlighted, layers
+//! sortable by divergence (a few lines of inline JS; without JS the page shows
+//! capture order and a ranking table).
+//!
+//! Layout of `out/`:
+//!
+//! ```text
+//! index.html                 the page
+//! diff.json                  the RunDiff as JSON (also marks the folder as a diff gallery)
+//! layers/NNN-<name>.a.png    A's picture (NNN = row in capture order)
+//! layers/NNN-<name>.b.png    B's picture, same colour scale as A's
+//! layers/NNN-<name>.d.png    A − B on a diverging scale symmetric around 0
+//! ```
+//!
+//! A and B share one colour scale per channel (the range over both), so a visible
+//! difference is a real one. The `layers/` folder is built aside and swapped in;
+//! an existing `layers/` folder is replaced only when `diff.json` says the folder
+//! is a previous diff gallery. Nothing is written outside `out/`.
+
+use std::path::{Path, PathBuf};
+
+use image::RgbImage;
+use serde::Serialize;
+
+use crate::diff::{LayerDiff, RunDiff, Status};
+use crate::gallery::{fmt_num as fmt, layer_file_stem};
+use crate::render::{self, colormap, Colormap, Layout, LayoutKind, RenderOptions, FLAG, SEPARATOR};
+use crate::runfile::{shape_str, write_atomic, Run};
+use crate::values::LayerData;
+use crate::{Error, Result};
+
+/// Pixel budget of one diff picture (three per layer).
+const MAX_PIXELS: usize = 360_000;
+/// Marks a cell with no value (the tail of a folded vector).
+const BLANK: f32 = f32::NEG_INFINITY;
+
+/// Writes the diff gallery of `d` (computed from `a` and `b`) into `out`; returns
+/// the path of its `index.html`.
+pub fn write_diff_gallery(d: &RunDiff, a: &Run, b: &Run, out: &Path) -> Result<PathBuf> {
+    if out.exists() && !out.is_dir() {
+        return Err(Error::Invalid(format!(
+            "{}: exists and is not a folder",
+            out.display()
+        )));
+    }
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    let layers_dir = out.join("layers");
+    if layers_dir.exists() && !out.join("diff.json").is_file() {
+        return Err(Error::Invalid(format!(
+            "{}: exists and is not from a candlelight diff gallery (no diff.json beside it); choose another --out",
+            layers_dir.display()
+        )));
+    }
+    let pid = std::process::id();
+    let tmp = out.join(format!(".layers.tmp-{pid}"));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    let rows = match render_rows(d, a, b, &tmp) {
+        Ok(rows) => rows,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(e);
+        }
+    };
+    if layers_dir.exists() {
+        let old = out.join(format!(".layers.old-{pid}"));
+        std::fs::rename(&layers_dir, &old).map_err(|e| Error::io(&layers_dir, e))?;
+        std::fs::rename(&tmp, &layers_dir).map_err(|e| Error::io(&layers_dir, e))?;
+        let _ = std::fs::remove_dir_all(&old);
+    } else {
+        std::fs::rename(&tmp, &layers_dir).map_err(|e| Error::io(&layers_dir, e))?;
+    }
+    let json = serde_json::to_vec_pretty(d).expect("a RunDiff serializes");
+    write_atomic(&out.join("diff.json"), &json)?;
+    let page = out.join("index.html");
+    write_atomic(&page, page_html(d, &rows)?.as_bytes())?;
+    Ok(page)
+}
+
+/// One layer's card on the page (strings preformatted; the template escapes them).
+#[derive(Serialize)]
+struct Row {
+    row: usize,
+    anchor: String,
+    label: String,
+    kind: String,
+    status: &'static str,
+    status_class: &'static str,
+    diverges: bool,
+    first: bool,
+    shape: String,
+    dtype: String,
+    max_abs: String,
+    mean_abs: String,
+    rel_l2: String,
+    cosine: String,
+    mismatches: String,
+    worst: String,
+    first_mismatch: String,
+    nan_inf: String,
+    /// Sort keys for the inline JS (numbers as text JS reads with parseFloat).
+    key_rel: String,
+    key_max: String,
+    pic_a: Option<Picture>,
+    pic_b: Option<Picture>,
+    pic_d: Option<Picture>,
+}
+
+#[derive(Serialize)]
+struct Picture {
+    file: String,
+    width: u32,
+    height: u32,
+    scale: String,
+}
+
+fn sort_key(v: f64) -> String {
+    if v.is_nan() {
+        "-1".into()
+    } else if v.is_infinite() {
+        "Infinity".into()
+    } else {
+        format!("{v:e}")
+    }
+}
+
+fn render_rows(d: &RunDiff, a: &Run, b: &Run, dir: &Path) -> Result<Vec<Row>> {
+    let first = d.layers.iter().position(|l| l.diverges);
+    let mut rows = Vec::with_capacity(d.layers.len());
+    for (i, l) in d.layers.iter().enumerate() {
+        let stem = layer_file_stem(i, l.name());
+        let da = l.index_a.map(|k| a.data_at(k)).transpose()?;
+        let db = l.index_b.map(|k| b.data_at(k)).transpose()?;
+        let (pic_a, pic_b, pic_d) = pictures(l, da.as_ref(), db.as_ref(), dir, &stem)?;
+        if let Some(k) = l.index_a {
+            a.release(k, 0..usize::MAX);
+        }
+        if let Some(k) = l.index_b {
+            b.release(k, 0..usize::MAX);
+        }
+        let n = l.numbers.as_ref();
+        let element = |e: Option<&crate::diff::Element>| {
+            e.map(|e| format!("{:?}: A={} B={}", e.position, e.a, e.b))
+                .unwrap_or_default()
+        };
+        let (rel, max) = match n {
+            Some(n) => (n.rel_l2, n.max_abs),
+            None if l.diverges => (f64::INFINITY, f64::INFINITY),
+            None => (f64::NAN, f64::NAN),
+        };
+        rows.push(Row {
+            row: i,
+            anchor: format!("layer-{i}"),
+            label: l.label(),
+            kind: l.kind.clone().unwrap_or_default(),
+            status: l.status.label(),
+            status_class: match l.status {
+                Status::Agree => "agree",
+                _ if !l.diverges => "ignored",
+                _ => "diverge",
+            },
+            diverges: l.diverges,
+            first: first == Some(i),
+            shape: match (&l.shape_a, &l.shape_b) {
+                (Some(x), Some(y)) if x != y => format!("{} vs {}", shape_str(x), shape_str(y)),
+                (Some(x), _) | (None, Some(x)) => shape_str(x),
+                (None, None) => "-".into(),
+            },
+            dtype: match (&l.dtype_a, &l.dtype_b) {
+                (Some(x), Some(y)) if x != y => format!("{x} / {y}"),
+                (Some(x), _) | (None, Some(x)) => x.clone(),
+                (None, None) => "-".into(),
+            },
+            max_abs: n.map(|n| fmt(n.max_abs)).unwrap_or_else(|| "-".into()),
+            mean_abs: n.map(|n| fmt(n.mean_abs)).unwrap_or_else(|| "-".into()),
+            rel_l2: n.map(|n| fmt(n.rel_l2)).unwrap_or_else(|| "-".into()),
+            cosine: n
+                .map(|n| format!("{:.6}", n.cosine))
+                .unwrap_or_else(|| "-".into()),
+            mismatches: n
+                .map(|n| format!("{} of {}", n.mismatches, n.count))
+                .unwrap_or_else(|| "-".into()),
+            worst: element(n.and_then(|n| n.worst.as_ref())),
+            first_mismatch: element(n.and_then(|n| n.first_mismatch.as_ref())),
+            nan_inf: n
+                .filter(|n| n.nan_a + n.nan_b + n.inf_a + n.inf_b > 0)
+                .map(|n| {
+                    format!(
+                        "NaN A {} B {} (disagree {}), Inf A {} B {} (disagree {})",
+                        n.nan_a, n.nan_b, n.nan_mismatches, n.inf_a, n.inf_b, n.inf_mismatches
+                    )
+                })
+                .unwrap_or_default(),
+            key_rel: sort_key(rel),
+            key_max: sort_key(max),
+            pic_a,
+            pic_b,
+            pic_d,
+        });
+    }
+    Ok(rows)
+}
+
+type Pictures = (Option<Picture>, Option<Picture>, Option<Picture>);
+
+fn save_png(img: &RgbImage, dir: &Path, file: String, scale: String) -> Result<Picture> {
+    let path = dir.join(&file);
+    std::fs::write(&path, render::encode_png(img)?).map_err(|e| Error::io(&path, e))?;
+    Ok(Picture {
+        file: format!("layers/{file}"),
+        width: img.width(),
+        height: img.height(),
+        scale,
+    })
+}
+
+/// A, B and A − B pictures of one layer. Geometry and colours are the galleries'
+/// ([`render::layout`], [`Colormap`]); A and B share one colour scale per channel
+/// (the range over both), A − B uses RdBu on one range symmetric around 0. A layer
+/// on one side only (or with a different element count) is drawn by the shared
+/// renderer alone.
+fn pictures(
+    l: &LayerDiff,
+    da: Option<&LayerData<'_>>,
+    db: Option<&LayerData<'_>>,
+    dir: &Path,
+    stem: &str,
+) -> Result<Pictures> {
+    // Smaller than the galleries' pictures: three of them sit side by side.
+    let opts = RenderOptions {
+        max_pixels: MAX_PIXELS,
+        min_cell: 40,
+        min_side: 200,
+        ..RenderOptions::default()
+    };
+    let file = |suffix: &str| format!("{stem}.{suffix}.png");
+    let (da, db) = match (da, db) {
+        (Some(da), Some(db)) if da.len() == db.len() => (da, db),
+        _ => {
+            let one = |data: Option<&LayerData<'_>>, shape: &Option<Vec<usize>>, suffix: &str| {
+                let (Some(data), Some(shape)) = (data, shape) else {
+                    return Ok(None);
+                };
+                let pic = render::render(data, shape, &opts)?;
+                let scale = match pic.range {
+                    Some((lo, hi)) => format!(
+                        "{}, each channel on its own range; {} .. {}",
+                        pic.colormap,
+                        fmt(lo as f64),
+                        fmt(hi as f64)
+                    ),
+                    None => "no finite value".into(),
+                };
+                save_png(&pic.image, dir, file(suffix), scale).map(Some)
+            };
+            return Ok((one(da, &l.shape_a, "a")?, one(db, &l.shape_b, "b")?, None));
+        }
+    };
+    let shape = l.shape_a.clone().unwrap_or_else(|| vec![da.len()]);
+    let layout = render::layout(&shape, &opts)?;
+    let tiles: Vec<PairTile> = {
+        use rayon::prelude::*;
+        (0..layout.tiles)
+            .into_par_iter()
+            .map(|t| reduce_pair(da, db, &layout, layout.offset + t * layout.tile_len))
+            .collect()
+    };
+    let ranges: Vec<Option<(f32, f32)>> = tiles
+        .iter()
+        .map(|t| union(finite_range(&t.a), finite_range(&t.b)))
+        .collect();
+    let all = ranges
+        .iter()
+        .flatten()
+        .copied()
+        .reduce(|x, y| union(Some(x), Some(y)).expect("some"));
+    let cm = Colormap::Auto.resolve(all.is_some_and(|r| r.0 < 0.0));
+    let maps: Vec<Mapping> = ranges.iter().map(|r| Mapping::new(cm, *r)).collect();
+    let scale = match all {
+        Some((lo, hi)) => format!(
+            "{cm}, each channel on its own range, the same for A and B; {} .. {}",
+            fmt(lo as f64),
+            fmt(hi as f64)
+        ),
+        None => "no finite value".into(),
+    };
+    let ia = paint(&layout, &tiles, |t| &t.a, &maps, cm);
+    let ib = paint(&layout, &tiles, |t| &t.b, &maps, cm);
+    let m = tiles
+        .iter()
+        .flat_map(|t| t.d.iter())
+        .filter(|v| v.is_finite())
+        .fold(0f32, |m, v| m.max(v.abs()));
+    let dmap = Mapping::new(Colormap::RdBu, Some((-m, m)));
+    let id = paint(
+        &layout,
+        &tiles,
+        |t| &t.d,
+        &vec![dmap; tiles.len()],
+        Colormap::RdBu,
+    );
+    let dscale = if m > 0.0 {
+        format!(
+            "rdbu: red A > B, blue A < B, white equal; +/-{} (largest shown)",
+            fmt(m as f64)
+        )
+    } else {
+        "no difference in the values shown".into()
+    };
+    Ok((
+        Some(save_png(&ia, dir, file("a"), scale.clone())?),
+        Some(save_png(&ib, dir, file("b"), scale)?),
+        Some(save_png(&id, dir, file("d"), dscale)?),
+    ))
+}
+
+/// One grid cell's values as shown: A and B (box means when the layout reduces,
+/// NaN where a non-finite value fell, [`BLANK`] past the end) and A − B (the
+/// signed difference of the pair with the largest |A − B| in each block, so a
+/// single divergent element stays visible; NaN where the pair disagrees on NaN/Inf).
+struct PairTile {
+    a: Vec<f32>,
+    b: Vec<f32>,
+    d: Vec<f32>,
+}
+
+fn reduce_pair(da: &LayerData<'_>, db: &LayerData<'_>, l: &Layout, start: usize) -> PairTile {
+    let (h, w, len) = (l.tile_h, l.tile_w, l.tile_len);
+    let (dy, dx) = (l.y.down, l.x.down);
+    let (rh, rw) = (h.div_ceil(dy), w.div_ceil(dx));
+    let mut t = PairTile {
+        a: vec![BLANK; rh * rw],
+        b: vec![BLANK; rh * rw],
+        d: vec![BLANK; rh * rw],
+    };
+    let (mut ra, mut rb) = (vec![0f32; w], vec![0f32; w]);
+    // Per output column: sums and counts of finite A and B, flags, the extreme difference.
+    let mut acc = vec![Cell::default(); rw];
+    for ry in 0..rh {
+        acc.fill(Cell::default());
+        for r in ry * dy..((ry + 1) * dy).min(h) {
+            let s = r * w;
+            if s >= len {
+                break;
+            }
+            let n = w.min(len - s);
+            da.read_into(start + s, &mut ra[..n]);
+            db.read_into(start + s, &mut rb[..n]);
+            for (k, (&x, &y)) in ra[..n].iter().zip(&rb[..n]).enumerate() {
+                acc[k / dx].add(x, y);
+            }
+        }
+        for (oc, c) in acc.iter().enumerate() {
+            if c.n == 0 {
+                continue;
+            }
+            let i = ry * rw + oc;
+            t.a[i] = c.mean_a();
+            t.b[i] = c.mean_b();
+            t.d[i] = if c.bad_d { f32::NAN } else { c.d };
+        }
+    }
+    t
+}
+
+#[derive(Clone, Copy, Default)]
+struct Cell {
+    n: u32,
+    sa: f64,
+    na: u32,
+    bad_a: bool,
+    sb: f64,
+    nb: u32,
+    bad_b: bool,
+    d: f32,
+    bad_d: bool,
+}
+
+impl Cell {
+    fn add(&mut self, x: f32, y: f32) {
+        self.n += 1;
+        if x.is_finite() {
+            self.sa += x as f64;
+            self.na += 1;
+        } else {
+            self.bad_a = true;
+        }
+        if y.is_finite() {
+            self.sb += y as f64;
+            self.nb += 1;
+        } else {
+            self.bad_b = true;
+        }
+        if x.is_finite() && y.is_finite() {
+            let d = x - y;
+            if d.abs() > self.d.abs() {
+                self.d = d;
+            }
+        } else if !(x.is_nan() && y.is_nan()) && x != y {
+            self.bad_d = true;
+        }
+    }
+
+    fn mean_a(&self) -> f32 {
+        if self.bad_a || self.na == 0 {
+            f32::NAN
+        } else {
+            (self.sa / self.na as f64) as f32
+        }
+    }
+
+    fn mean_b(&self) -> f32 {
+        if self.bad_b || self.nb == 0 {
+            f32::NAN
+        } else {
+            (self.sb / self.nb as f64) as f32
+        }
+    }
+}
+
+fn finite_range(v: &[f32]) -> Option<(f32, f32)> {
+    v.iter()
+        .filter(|x| x.is_finite())
+        .fold(None, |r, &x| match r {
+            None => Some((x, x)),
+            Some((lo, hi)) => Some((lo.min(x), hi.max(x))),
+        })
+}
+
+fn union(a: Option<(f32, f32)>, b: Option<(f32, f32)>) -> Option<(f32, f32)> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some((a.0.min(b.0), a.1.max(b.1))),
+        (a, None) => a,
+        (None, b) => b,
+    }
+}
+
+/// Value -> position in the colormap.
+#[derive(Debug, Clone, Copy)]
+enum Mapping {
+    Linear { lo: f32, k: f32 },
+    Fixed(f32),
+}
+
+impl Mapping {
+    fn new(cm: Colormap, range: Option<(f32, f32)>) -> Mapping {
+        let Some((lo, hi)) = range else {
+            return Mapping::Fixed(0.5);
+        };
+        if cm.is_diverging() {
+            let m = lo.abs().max(hi.abs());
+            return if m > 0.0 && m.is_finite() {
+                Mapping::Linear { lo: -m, k: 0.5 / m }
+            } else {
+                Mapping::Fixed(0.5)
+            };
+        }
+        if hi > lo && (hi - lo).is_finite() {
+            Mapping::Linear {
+                lo,
+                k: 1.0 / (hi - lo),
+            }
+        } else {
+            Mapping::Fixed(if lo == 0.0 { 0.0 } else { 0.5 })
+        }
+    }
+
+    fn color(self, v: f32, lut: &[[u8; 3]; colormap::LUT_SIZE]) -> [u8; 3] {
+        if v == BLANK {
+            return SEPARATOR;
+        }
+        if v.is_nan() {
+            return FLAG;
+        }
+        let t = match self {
+            Mapping::Linear { lo, k } => (v - lo) * k,
+            Mapping::Fixed(t) => t,
+        };
+        lut[colormap::lut_index(t)]
+    }
+}
+
+/// Paints the cells of `layout` from `values(tile)`, separators in between.
+fn paint(
+    layout: &Layout,
+    tiles: &[PairTile],
+    values: impl Fn(&PairTile) -> &Vec<f32>,
+    maps: &[Mapping],
+    cm: Colormap,
+) -> RgbImage {
+    let (w, h) = (layout.width as u32, layout.height as u32);
+    let mut img = RgbImage::from_pixel(w, h, image::Rgb(SEPARATOR));
+    if layout.kind == LayoutKind::Empty {
+        return img;
+    }
+    let lut = cm.lut();
+    let (rh, rw) = (
+        layout.tile_h.div_ceil(layout.y.down),
+        layout.tile_w.div_ceil(layout.x.down),
+    );
+    for (t, tile) in tiles.iter().enumerate() {
+        let (gr, gc) = (t / layout.cols, t % layout.cols);
+        let x0 = gc * (layout.cell_w + layout.separator);
+        let y0 = gr * (layout.cell_h + layout.separator);
+        let vals = values(tile);
+        for ry in 0..rh {
+            for rx in 0..rw {
+                let c = image::Rgb(maps[t].color(vals[ry * rw + rx], lut));
+                for yy in 0..layout.y.zoom {
+                    for xx in 0..layout.x.zoom {
+                        let (px, py) = (x0 + rx * layout.x.zoom + xx, y0 + ry * layout.y.zoom + yy);
+                        img.put_pixel(px as u32, py as u32, c);
+                    }
+                }
+            }
+        }
+    }
+    img
+}
+
+const PAGE: &str = r##"<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>diff: {{ a_name }} vs {{ b_name }}</title>
+<style>
+body { font-family: system-ui, sans-serif; margin: 1.5em; color: #222; }
+table { border-collapse: collapse; font-size: 0.9em; }
+th, td { padding: 0.2em 0.6em; border-bottom: 1px solid #ddd; text-align: right; }
+th:nth-child(2), td:nth-child(2) { text-align: left; }
+.card { border: 1px solid #ccc; border-radius: 6px; margin: 1em 0; padding: 0.6em 1em; }
+.card.first { border: 3px solid #d33; background: #fff4f4; }
+.card h2 { font-size: 1.05em; margin: 0.2em 0; }
+.pics { display: flex; gap: 1em; flex-wrap: wrap; align-items: flex-start; }
+figure { margin: 0; }
+figcaption { font-size: 0.8em; color: #555; max-width: 260px; }
+img { image-rendering: pixelated; border: 1px solid #999; }
+.agree { color: #176117; } .diverge { color: #b00; font-weight: bold; } .ignored { color: #a60; }
+.badge { background: #d33; color: white; border-radius: 4px; padding: 0 0.4em; font-size: 0.8em; }
+dl { display: grid; grid-template-columns: max-content auto; gap: 0 1em; font-size: 0.85em; margin: 0.4em 0; }
+dt { color: #555; } dd { margin: 0; font-family: ui-monospace, monospace; }
+</style>
+</head>
+<body>
+<h1>{{ a_name }} vs {{ b_name }}</h1>
+<p>A: <code>{{ a_path }}</code><br>B (reference): <code>{{ b_path }}</code></p>
+<p>An element agrees when |A &minus; B| &le; atol + rtol &middot; |B| (atol {{ atol }}, rtol {{ rtol }});
+NaN agrees only with NaN, &plusmn;Inf only with the same infinity.
+{% if ignore_missing %}Layers in only one run do not count as divergent.{% endif %}</p>
+<p><strong>{{ summary }}</strong>
+{% if first %} &mdash; first divergence: <a href="#{{ first.anchor }}">{{ first.label }}</a>{% endif %}</p>
+
+<h2>Ranked by divergence</h2>
+<table>
+<thead><tr><th>#</th><th>layer</th><th>status</th><th>rel L2</th><th>max |A&minus;B|</th><th>mismatches</th></tr></thead>
+<tbody>
+{% for r in ranked %}<tr><td>{{ r.row }}</td><td><a href="#{{ r.anchor }}">{{ r.label }}</a></td><td class="{{ r.status_class }}">{{ r.status }}</td><td>{{ r.rel_l2 }}</td><td>{{ r.max_abs }}</td><td>{{ r.mismatches }}</td></tr>
+{% endfor %}</tbody>
+</table>
+
+<h2>Layers</h2>
+<p id="sorting" hidden>Sort: <button type="button" data-sort="order">capture order</button>
+<button type="button" data-sort="divergence">by divergence</button>
+<button type="button" data-sort="max">by max |A&minus;B|</button></p>
+<div id="cards">
+{% for r in rows %}<section class="card{% if r.first %} first{% endif %}" id="{{ r.anchor }}" data-order="{{ r.row }}" data-div="{{ 1 if r.diverges else 0 }}" data-rel="{{ r.key_rel }}" data-max="{{ r.key_max }}">
+<h2>{{ r.row }}. {{ r.label }} {% if r.first %}<span class="badge">first divergence</span>{% endif %}
+<span class="{{ r.status_class }}">{{ r.status }}</span></h2>
+<dl>
+<dt>kind</dt><dd>{{ r.kind or "-" }}</dd>
+<dt>shape</dt><dd>{{ r.shape }}</dd>
+<dt>dtype</dt><dd>{{ r.dtype }}</dd>
+<dt>max |A&minus;B|</dt><dd>{{ r.max_abs }}</dd>
+<dt>mean |A&minus;B|</dt><dd>{{ r.mean_abs }}</dd>
+<dt>rel L2</dt><dd>{{ r.rel_l2 }}</dd>
+<dt>cosine</dt><dd>{{ r.cosine }}</dd>
+<dt>out of tolerance</dt><dd>{{ r.mismatches }}</dd>
+{% if r.worst %}<dt>worst element</dt><dd>{{ r.worst }}</dd>{% endif %}
+{% if r.first_mismatch %}<dt>first mismatch</dt><dd>{{ r.first_mismatch }}</dd>{% endif %}
+{% if r.nan_inf %}<dt>NaN / Inf</dt><dd>{{ r.nan_inf }}</dd>{% endif %}
+</dl>
+<div class="pics">
+{% for cap, p in [("A", r.pic_a), ("B", r.pic_b), ("A − B", r.pic_d)] %}{% if p %}<figure><img src="{{ p.file }}" width="{{ p.width }}" height="{{ p.height }}" alt="{{ cap }}: {{ r.label }}"><figcaption><b>{{ cap }}</b> &mdash; {{ p.scale }}</figcaption></figure>
+{% endif %}{% endfor %}</div>
+</section>
+{% endfor %}</div>
+<script>
+(function () {
+  var box = document.getElementById("cards");
+  var bar = document.getElementById("sorting");
+  bar.hidden = false;
+  var keys = {
+    order: function (a, b) { return +a.dataset.order - +b.dataset.order; },
+    divergence: function (a, b) {
+      return (+b.dataset.div - +a.dataset.div) || (parseFloat(b.dataset.rel) - parseFloat(a.dataset.rel))
+        || (parseFloat(b.dataset.max) - parseFloat(a.dataset.max)) || (+a.dataset.order - +b.dataset.order);
+    },
+    max: function (a, b) {
+      return (parseFloat(b.dataset.max) - parseFloat(a.dataset.max)) || (+a.dataset.order - +b.dataset.order);
+    }
+  };
+  bar.addEventListener("click", function (e) {
+    var k = e.target.getAttribute("data-sort");
+    if (!k) return;
+    Array.prototype.slice.call(box.children).sort(keys[k]).forEach(function (c) { box.appendChild(c); });
+  });
+})();
+</script>
+</body>
+</html>
+"##;
+
+fn page_html(d: &RunDiff, rows: &[Row]) -> Result<String> {
+    let mut env = minijinja::Environment::new();
+    env.add_template("diff.html", PAGE)
+        .map_err(|e| Error::Invalid(format!("diff page template: {e}")))?;
+    // Ranking: divergent first, then by rel L2, max |A - B|, capture order.
+    let key = |r: &Row| {
+        let f = |s: &str| match s {
+            "Infinity" => f64::INFINITY,
+            s => s.parse::<f64>().unwrap_or(-1.0),
+        };
+        (r.diverges, f(&r.key_rel), f(&r.key_max))
+    };
+    let mut ranked: Vec<&Row> = rows.iter().collect();
+    ranked.sort_by(|x, y| {
+        let (kx, ky) = (key(x), key(y));
+        ky.0.cmp(&kx.0)
+            .then(ky.1.total_cmp(&kx.1))
+            .then(ky.2.total_cmp(&kx.2))
+            .then(x.row.cmp(&y.row))
+    });
+    let side_name = |s: &crate::diff::RunSide| {
+        s.path
+            .as_ref()
+            .and_then(|p| p.file_stem())
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| s.id.clone())
+    };
+    let side_path = |s: &crate::diff::RunSide| {
+        s.path
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| format!("(in memory) {}", s.id))
+    };
+    let mut counts = vec![format!("{} agree", d.count(Status::Agree))];
+    for (s, what) in [
+        (Status::Differ, "differ"),
+        (Status::ShapeMismatch, "differ in shape"),
+        (Status::OnlyInA, "only in A"),
+        (Status::OnlyInB, "only in B"),
+    ] {
+        if d.count(s) > 0 {
+            counts.push(format!("{} {what}", d.count(s)));
+        }
+    }
+    let summary = format!(
+        "{} layers: {}{}",
+        d.layers.len(),
+        counts.join(", "),
+        if d.agrees() { " — all agree" } else { "" }
+    );
+    let tmpl = env.get_template("diff.html").expect("template added");
+    tmpl.render(minijinja::context! {
+        a_name => side_name(&d.a),
+        b_name => side_name(&d.b),
+        a_path => side_path(&d.a),
+        b_path => side_path(&d.b),
+        atol => format!("{:e}", d.atol),
+        rtol => format!("{:e}", d.rtol),
+        ignore_missing => d.ignore_missing,
+        summary => summary,
+        first => rows.iter().find(|r| r.first),
+        rows => rows,
+        ranked => ranked,
+    })
+    .map_err(|e| Error::Invalid(format!("diff page template: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_single_divergent_element_survives_downsampling() {
+        // One sample of 64 channels of 300x300: far over the budget, so blocks are
+        // reduced; the one element off shows in A - B at full strength.
+        let n = 64 * 300 * 300;
+        let a = LayerData::from_f32(vec![1.0; n]);
+        let mut bv = vec![1.0; n];
+        bv[5 * 90_000 + 123 * 300 + 77] = 1.5;
+        let b = LayerData::from_f32(bv);
+        let opts = RenderOptions {
+            max_pixels: MAX_PIXELS,
+            ..RenderOptions::default()
+        };
+        let layout = render::layout(&[1, 64, 300, 300], &opts).unwrap();
+        assert!(layout.x.down > 1 && layout.width * layout.height <= MAX_PIXELS);
+        let tiles: Vec<PairTile> = (0..layout.tiles)
+            .map(|t| reduce_pair(&a, &b, &layout, t * layout.tile_len))
+            .collect();
+        let hits: Vec<(usize, f32)> = tiles
+            .iter()
+            .enumerate()
+            .flat_map(|(t, p)| p.d.iter().filter(|v| **v != 0.0).map(move |v| (t, *v)))
+            .collect();
+        assert_eq!(hits, vec![(5, -0.5)]);
+    }
+
+    #[test]
+    fn nan_cells_are_flagged_and_equal_nans_are_no_difference() {
+        let mut c = Cell::default();
+        c.add(f32::NAN, f32::NAN);
+        c.add(2.0, 1.0);
+        assert!(c.mean_a().is_nan() && !c.bad_d && c.d == 1.0);
+        let mut c = Cell::default();
+        c.add(f32::INFINITY, 1.0);
+        assert!(c.bad_d && c.mean_b() == 1.0);
+    }
+
+    #[test]
+    fn diverging_colours_have_the_documented_sides() {
+        let m = Mapping::new(Colormap::RdBu, Some((-2.0, 1.0)));
+        let lut = Colormap::RdBu.lut();
+        let (r, b, w) = (m.color(2.0, lut), m.color(-2.0, lut), m.color(0.0, lut));
+        assert!(r[0] > r[2], "positive is red: {r:?}");
+        assert!(b[2] > b[0], "negative is blue: {b:?}");
+        assert!(w.iter().all(|&c| c > 230), "zero is near white: {w:?}");
+        assert_eq!(m.color(f32::NAN, lut), FLAG);
+    }
+}
