@@ -229,7 +229,7 @@ fn pytorch_reference_of_the_mnist_cnn_agrees_with_candle() {
     let x = image_to_input(&digit, &Device::Cpu).unwrap();
     let model = MnistCnn::load(&weights, &Device::Cpu).unwrap();
     let (_, run) = Recorder::new("mnist-cnn")
-        .record(|| model.predict(&x).map_err(candle_core::Error::wrap))
+        .record(|| model.predict(&x))
         .unwrap();
     let candle = run.save(dir.path().join("candle")).unwrap();
 
