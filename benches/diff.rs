@@ -5,7 +5,8 @@
 //! `cargo bench --bench diff` (size per layer: `DIFF_BENCH_LAYER_MB`, default 64;
 //! layers: `DIFF_BENCH_LAYERS`, default 16). Prints GB/s of each (bytes of both
 //! runs / time, best of 3, page cache warm), the ratios, and the diff's peak RSS
-//! (VmHWM after resetting it through /proc/self/clear_refs).
+//! (VmHWM after resetting it through /proc/self/clear_refs). Without `--bench`
+//! (`cargo test --benches`) it runs once on 16 layers of 1 MB.
 
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -159,7 +160,8 @@ fn main() {
             .and_then(|v| v.parse().ok())
             .unwrap_or(d)
     };
-    let layer_mb = env("DIFF_BENCH_LAYER_MB", 64);
+    let full = std::env::args().any(|a| a == "--bench");
+    let layer_mb = env("DIFF_BENCH_LAYER_MB", if full { 64 } else { 1 });
     let layers = env("DIFF_BENCH_LAYERS", 16);
     let n = layer_mb * (1 << 20) / 4;
     let dir = tempfile::tempdir().unwrap();

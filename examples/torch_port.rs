@@ -25,7 +25,7 @@ fn main() -> Result<()> {
     let x = image_to_input(digit.as_ref(), &device)?;
     let (probs, run) = Recorder::new("mnist-cnn")
         .input(digit.clone())
-        .record(|| model.predict(&x).map_err(candle_core::Error::wrap))?;
+        .record(|| model.predict(&x))?;
     let path = run
         .save(&out)
         .with_context(|| format!("{out}: cannot save the run"))?;

@@ -95,7 +95,8 @@ def record(model, *inputs, model_name=None, input="", include_root=False, **kwar
             n = counts.get(name, 0) + 1
             counts[name] = n
             key = name if n == 1 else "%s#%d" % (name, n)
-            rec[key] = value.detach().to("cpu").contiguous()
+            # A copy: a later in-place op (nn.ReLU(inplace=True)) must not change it.
+            rec[key] = value.detach().to("cpu").clone(memory_format=torch.contiguous_format)
             rec.kinds[key] = kind
         elif isinstance(value, (tuple, list)):
             for i, v in enumerate(value):

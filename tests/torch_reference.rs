@@ -229,7 +229,7 @@ fn pytorch_reference_of_the_mnist_cnn_agrees_with_candle() {
     let x = image_to_input(&digit, &Device::Cpu).unwrap();
     let model = MnistCnn::load(&weights, &Device::Cpu).unwrap();
     let (_, run) = Recorder::new("mnist-cnn")
-        .record(|| model.predict(&x).map_err(candle_core::Error::wrap))
+        .record(|| model.predict(&x))
         .unwrap();
     let candle = run.save(dir.path().join("candle")).unwrap();
 
@@ -263,6 +263,40 @@ fn pytorch_reference_of_the_mnist_cnn_agrees_with_candle() {
         assert!(n["max_abs"].as_f64().unwrap() <= 1e-4, "{l:#}");
         assert!(n["cosine"].as_f64().unwrap() > 0.99999, "{l:#}");
     }
+    // Outputs are copies: an in-place ReLU after a layer does not change its record;
+    // tuple outputs and repeated calls get the documented names.
+    let inplace = r#"
+import sys, torch, candlelight_torch as cl
+from torch import nn
+class Twice(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+        self.act = nn.ReLU(inplace=True)
+        self.split = Split()
+    def forward(self, x):
+        x = self.act(self.lin(x))
+        x = self.act(self.lin(x))
+        return self.split(x)
+class Split(nn.Module):
+    def forward(self, x):
+        return x[:, :2], x[:, 2:]
+torch.manual_seed(0)
+rec = cl.record(Twice(), torch.randn(8, 4))
+assert list(rec) == ["lin", "act", "lin#2", "act#2", "split.0", "split.1"], list(rec)
+assert (rec["lin"] < 0).any() and not (rec["act"] < 0).any()
+assert rec.kinds["split.1"] == "split" and rec.kinds["act#2"] == "relu"
+print(cl.save_run(rec, sys.argv[1]))
+"#;
+    let p = run_py(
+        &py,
+        inplace,
+        &[dir.path().join("inplace").to_str().unwrap()],
+    );
+    let r = Run::open(p.trim()).unwrap();
+    assert_eq!(r.len(), 6);
+    assert!(r.values("lin").unwrap().iter().any(|v| *v < 0.0));
+
     // A port bug (conv2's weights off by 1%) is caught at conv2.
     let bug = r#"
 import sys
