@@ -21,11 +21,13 @@
 //! The run-file format and gallery layout are described in `docs/FORMAT.md`.
 
 pub mod error;
+pub mod gallery;
 pub mod models;
 pub mod record;
 pub mod runfile;
 pub mod stats;
 pub mod values;
+pub mod watch;
 
 pub use error::{Error, Result};
 pub use record::{is_recording, nn, record_as, tap, Recorder};

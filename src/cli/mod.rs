@@ -7,6 +7,8 @@ use clap::{Parser, Subcommand};
 
 use candlelight::{LayerInfo, Run, Stats};
 
+mod watch;
+
 /// See inside candle models: record, render, watch and compare runs.
 #[derive(Debug, Parser)]
 #[command(name = "candlelight", version, about, long_about = None)]
@@ -29,6 +31,8 @@ pub enum Command {
         /// A layer name: summarize its values.
         layer: Option<String>,
     },
+    /// Watch a folder: every run file dropped into it becomes a gallery.
+    Watch(watch::WatchArgs),
 }
 
 /// Runs the parsed command; `Ok(code)` is the process exit code.
@@ -36,6 +40,7 @@ pub fn run(cli: Cli) -> Result<i32> {
     match cli.command {
         Command::Ls { dir } => ls(&dir),
         Command::Show { run, layer } => show(&run, layer.as_deref()),
+        Command::Watch(args) => watch::watch(args),
     }
 }
 
