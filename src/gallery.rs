@@ -1,64 +1,119 @@
-//! STAND-IN for the gallery writer (branch `render` owns the real one).
+//! Galleries: a run file rendered into static pages and PNGs on disk.
 //!
-//! This file exists only on branch `watch` so the watch daemon can be built and
-//! tested end to end before the real `src/gallery.rs` lands. It implements exactly
-//! the signatures of the gallery contract in the simplest way: a gallery is an
-//! `index.html` listing the layers plus `manifest.json`, built in a dot-temp folder
-//! and swapped into place. No pictures. Replace it with main's version on merge.
+//! ```text
+//! out/
+//!   index.html                  every gallery, newest first, with thumbnails
+//!   <run-id>/                   gallery_name(run file): its sanitized file stem
+//!     index.html                run facts, one card per layer in capture order
+//!     layers/NNN-<name>.png     the layer's picture (NNN = capture position)
+//!     layers/NNN-<name>.hist.png
+//!     thumb.png                 small picture for out/index.html
+//!     stats.json                per layer: min, max, mean, std, zero fraction, NaN, Inf
+//!     manifest.json             source size + mtime, renderer version (written last)
+//! ```
+//!
+//! A gallery is built in a dot folder inside `out` and renamed into place, so no
+//! half gallery is ever visible. Pages open from disk: relative links only, no
+//! script, no external resource. Every string reaching HTML goes through minijinja's
+//! HTML auto-escaping; every name reaching a path is sanitized to `[A-Za-z0-9._-]`.
+//!
+//! ```
+//! use candle_core::{Device, Tensor};
+//! use candlelight::{gallery, tap, Recorder};
+//!
+//! let dir = tempfile::tempdir()?;
+//! let x = Tensor::arange(-8f32, 8., &Device::Cpu)?.reshape((1, 4, 2, 2))?;
+//! let (_, run) = Recorder::new("doc").record(|| tap("x", &x))?;
+//! let path = run.save(dir.path().join("runs"))?;
+//! let out = dir.path().join("galleries");
+//! let m = gallery::render_gallery(&path, &out, &Default::default())?;
+//! gallery::write_index(&out)?;
+//! assert!(out.join(&m.run_id).join("layers/000-x.png").is_file());
+//! assert!(gallery::is_up_to_date(&out, &path));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::OnceLock;
 use std::time::Instant;
 
+use minijinja::{context, Environment};
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::runfile::{now_rfc3339, sanitize_id, write_atomic, Run};
-use crate::{Error, Result};
+use crate::render::{self, Colormap, Histogram, LayoutKind, RenderOptions};
+use crate::runfile::{now_rfc3339, sanitize_id, write_atomic, LayerInfo};
+use crate::{Error, Result, Run, Stats};
 
-/// Gallery layout version.
+/// Version of the gallery layout.
 pub const GALLERY_VERSION: u32 = 1;
-/// Bumped when pictures change.
+/// Version of the pictures; bumped when they change, so `watch` renders again.
 pub const RENDERER_VERSION: &str = "1";
 
-/// What a gallery was made from; `watch` reads it to skip finished runs.
+/// Bins of a layer's histogram.
+pub const HIST_BINS: usize = 64;
+/// Histogram picture size in pixels.
+pub const HIST_SIZE: (u32, u32) = (320, 80);
+/// Pixel budget of a gallery's thumbnail.
+pub const THUMB_PIXELS: usize = 200 * 200;
+
+/// What `watch` reads to know whether a gallery is up to date (`manifest.json`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Manifest {
+    /// [`GALLERY_VERSION`] of the writer.
     pub gallery_version: u32,
+    /// [`RENDERER_VERSION`] of the writer.
     pub renderer_version: String,
+    /// The run file's path as given (absolute when possible).
     pub source: PathBuf,
+    /// The run file's size in bytes.
     pub source_size: u64,
+    /// The run file's mtime, ns since the Unix epoch.
     pub source_mtime_ns: u128,
+    /// Gallery folder name (sanitized file stem).
     pub run_id: String,
+    /// The run's `created`, or "" if none.
     pub created: String,
+    /// The run's model.
     pub model: String,
+    /// Number of layers.
     pub layers: usize,
+    /// When the gallery was written, RFC 3339.
     pub rendered_at: String,
+    /// Time taken to render, in milliseconds.
     pub render_ms: u64,
+    /// `"ok"` or `"error"`.
     pub status: String,
+    /// The one-line error when `status == "error"`.
     pub error: Option<String>,
+    /// Relative path of the thumbnail inside the gallery folder.
     pub thumbnail: Option<String>,
 }
 
-/// Size and modification time of a run file.
-pub struct SourceFacts {
-    pub size: u64,
-    pub mtime_ns: u128,
+/// Options of a gallery.
+#[derive(Debug, Clone, Default)]
+pub struct GalleryOptions {
+    /// How each layer's picture is drawn (sample, scale, colormap, budget).
+    pub render: RenderOptions,
 }
 
-/// Options of [`render_gallery`] (the real one carries `render: RenderOptions`).
-#[derive(Debug, Clone, Default)]
-pub struct GalleryOptions {}
+/// Size and modification time of a run file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SourceFacts {
+    /// Bytes.
+    pub size: u64,
+    /// mtime, ns since the Unix epoch.
+    pub mtime_ns: u128,
+}
 
 /// Size and mtime of `run_path`.
 pub fn source_facts(run_path: &Path) -> Result<SourceFacts> {
     let md = std::fs::metadata(run_path).map_err(|e| Error::io(run_path, e))?;
-    if !md.is_file() {
-        return Err(Error::bad(run_path, "not a regular file"));
-    }
     let mtime_ns = md
         .modified()
-        .ok()
-        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_err(|e| Error::io(run_path, e))?
+        .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos())
         .unwrap_or(0);
     Ok(SourceFacts {
@@ -67,180 +122,682 @@ pub fn source_facts(run_path: &Path) -> Result<SourceFacts> {
     })
 }
 
-/// The gallery folder name of a run file: its sanitized stem.
+/// The gallery folder name of a run file: its file stem sanitized to
+/// `[A-Za-z0-9._-]`, never starting with '.', never `index.html`.
 pub fn gallery_name(run_path: &Path) -> String {
     let stem = run_path
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default();
-    sanitize_id(&stem)
+    let name = sanitize_id(&stem);
+    if name.eq_ignore_ascii_case("index.html") {
+        format!("_{name}")
+    } else {
+        name
+    }
 }
 
-/// `out/<gallery_name>`.
+/// `out.join(gallery_name(run_path))`.
 pub fn gallery_dir(out: &Path, run_path: &Path) -> PathBuf {
     out.join(gallery_name(run_path))
 }
 
-/// The manifest of a gallery folder, if it has a readable one.
+/// The manifest of the gallery in `gallery_dir`, if there is a readable one.
 pub fn read_manifest(gallery_dir: &Path) -> Option<Manifest> {
     let bytes = std::fs::read(gallery_dir.join("manifest.json")).ok()?;
     serde_json::from_slice(&bytes).ok()
 }
 
-/// Manifest present, same source size + mtime, same renderer version.
+/// Up to date = manifest present, same source size + mtime, same renderer version
+/// (an error manifest for the same size/mtime counts as up to date).
 pub fn is_up_to_date(out: &Path, run_path: &Path) -> bool {
-    let (Ok(f), Some(m)) = (
-        source_facts(run_path),
+    let (Some(m), Ok(f)) = (
         read_manifest(&gallery_dir(out, run_path)),
+        source_facts(run_path),
     ) else {
         return false;
     };
-    m.source_size == f.size
-        && m.source_mtime_ns == f.mtime_ns
+    m.gallery_version == GALLERY_VERSION
         && m.renderer_version == RENDERER_VERSION
-        && m.gallery_version == GALLERY_VERSION
+        && m.source_size == f.size
+        && m.source_mtime_ns == f.mtime_ns
 }
 
-fn esc(s: &str) -> String {
-    let mut o = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => o.push_str("&amp;"),
-            '<' => o.push_str("&lt;"),
-            '>' => o.push_str("&gt;"),
-            '"' => o.push_str("&quot;"),
-            '\'' => o.push_str("&#39;"),
-            c => o.push(c),
-        }
+/// The file stem of layer `index` named `name` inside `layers/`: `NNN-<sanitized name>`.
+pub fn layer_file_stem(index: usize, name: &str) -> String {
+    let clean: String = sanitize_id(name).chars().take(80).collect();
+    format!("{index:03}-{clean}")
+}
+
+/// A number in at most 10 characters, fixed or scientific as fits ("-" for NaN).
+pub fn fmt_num(v: f64) -> String {
+    if v.is_nan() {
+        "-".into()
+    } else if v.is_infinite() {
+        if v > 0.0 { "inf" } else { "-inf" }.into()
+    } else if v == 0.0 || (1e-3..1e5).contains(&v.abs()) {
+        format!("{v:.4}")
+    } else {
+        format!("{v:.3e}")
     }
-    o
 }
 
-fn abs(p: &Path) -> PathBuf {
+/// Bytes as `12.3 MB`.
+pub fn fmt_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KB", "MB", "GB", "TB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1000.0 && u < UNITS.len() - 1 {
+        v /= 1000.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+fn absolute(p: &Path) -> PathBuf {
     std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
 }
 
-fn base_manifest(run_path: &Path, facts: &SourceFacts) -> Manifest {
-    Manifest {
-        gallery_version: GALLERY_VERSION,
-        renderer_version: RENDERER_VERSION.into(),
-        source: abs(run_path),
-        source_size: facts.size,
-        source_mtime_ns: facts.mtime_ns,
-        run_id: gallery_name(run_path),
-        created: String::new(),
-        model: String::new(),
-        layers: 0,
-        rendered_at: now_rfc3339(),
-        render_ms: 0,
-        status: "ok".into(),
-        error: None,
-        thumbnail: None,
-    }
-}
-
-/// Builds a gallery in a dot-temp folder in `out` with `fill`, writes the manifest
-/// last, then swaps the folder into place.
-fn build(
-    out: &Path,
-    run_path: &Path,
-    fill: impl FnOnce(&Path) -> Result<Manifest>,
-) -> Result<Manifest> {
-    static SEQ: AtomicU64 = AtomicU64::new(0);
-    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
-    let name = gallery_name(run_path);
-    let n = SEQ.fetch_add(1, Ordering::Relaxed);
-    let pid = std::process::id();
-    let tmp = out.join(format!(".tmp-{name}-{pid}-{n}"));
-    let old = out.join(format!(".old-{name}-{pid}-{n}"));
-    let fin = out.join(&name);
-    let res = (|| {
-        std::fs::create_dir(&tmp).map_err(|e| Error::io(&tmp, e))?;
-        let m = fill(&tmp)?;
-        let json = serde_json::to_vec_pretty(&m).expect("manifest serializes");
-        write_atomic(&tmp.join("manifest.json"), &json)?;
-        if fin.exists() {
-            std::fs::rename(&fin, &old).map_err(|e| Error::io(&fin, e))?;
+fn env() -> &'static Environment<'static> {
+    static ENV: OnceLock<Environment<'static>> = OnceLock::new();
+    ENV.get_or_init(|| {
+        let mut env = Environment::new();
+        // Every page is HTML: escape whatever the template name.
+        env.set_auto_escape_callback(|_| minijinja::AutoEscape::Html);
+        env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
+        for (name, src) in [
+            ("style.css", include_str!("templates/style.css")),
+            ("run.html", include_str!("templates/run.html")),
+            ("error.html", include_str!("templates/error.html")),
+            ("index.html", include_str!("templates/index.html")),
+        ] {
+            env.add_template(name, src)
+                .expect("bundled template parses");
         }
-        std::fs::rename(&tmp, &fin).map_err(|e| Error::io(&fin, e))?;
-        let _ = std::fs::remove_dir_all(&old);
-        Ok(m)
-    })();
-    if res.is_err() {
-        let _ = std::fs::remove_dir_all(&tmp);
-    }
-    res
+        env
+    })
 }
 
-/// Renders one run file into `out/<gallery_name>/` (stand-in: a layer list, no pictures).
-pub fn render_gallery(run_path: &Path, out: &Path, _opts: &GalleryOptions) -> Result<Manifest> {
+fn page(template: &str, ctx: minijinja::Value) -> Result<String> {
+    env()
+        .get_template(template)
+        .and_then(|t| t.render(ctx))
+        .map_err(|e| Error::Invalid(format!("template {template}: {e:#}")))
+}
+
+fn write(path: &Path, bytes: &[u8]) -> Result<()> {
+    std::fs::write(path, bytes).map_err(|e| Error::io(path, e))
+}
+
+/// A dot folder inside `out` to build a gallery in; removed on drop unless kept.
+struct Staging {
+    dir: PathBuf,
+    keep: bool,
+}
+
+impl Staging {
+    fn new(out: &Path, name: &str) -> Result<Staging> {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+        let dir = out.join(format!(
+            ".tmp-{name}-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir(&dir).map_err(|e| Error::io(&dir, e))?;
+        Ok(Staging { dir, keep: false })
+    }
+
+    /// Renames the staging folder to `target`, moving an older gallery aside first.
+    fn swap_into(mut self, target: &Path) -> Result<()> {
+        let out = target.parent().unwrap_or(Path::new("."));
+        let name = target
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let mut last_err = None;
+        for attempt in 0..8 {
+            match std::fs::rename(&self.dir, target) {
+                Ok(()) => {
+                    self.keep = true;
+                    if let Ok(d) = std::fs::File::open(out) {
+                        let _ = d.sync_all();
+                    }
+                    return Ok(());
+                }
+                Err(e) => {
+                    if std::fs::symlink_metadata(target).is_err() {
+                        return Err(Error::io(target, e));
+                    }
+                    // An older gallery is there: move it aside, retry, then delete it.
+                    let old = out.join(format!(".old-{name}-{}-{attempt}", std::process::id()));
+                    let _ = std::fs::remove_dir_all(&old);
+                    match std::fs::rename(target, &old) {
+                        Ok(()) => {
+                            let res = std::fs::rename(&self.dir, target);
+                            let _ = std::fs::remove_dir_all(&old);
+                            if res.is_ok() {
+                                self.keep = true;
+                                return Ok(());
+                            }
+                            last_err = res.err();
+                        }
+                        Err(e) => last_err = Some(e),
+                    }
+                }
+            }
+        }
+        Err(Error::io(
+            target,
+            last_err.unwrap_or_else(|| std::io::Error::other("cannot replace the gallery")),
+        ))
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        if !self.keep {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// One layer's card on the run page (also one entry of stats.json).
+#[derive(Debug, Serialize)]
+struct Card {
+    index: usize,
+    name: String,
+    kind: String,
+    shape: Vec<usize>,
+    shape_str: String,
+    dtype: String,
+    elements: usize,
+    #[serde(skip)]
+    stats_raw: Option<Stats>,
+    stats: Option<CardStats>,
+    picture: Option<String>,
+    picture_size: Option<(u32, u32)>,
+    histogram: Option<String>,
+    caption: String,
+    colormap: String,
+    range: Option<(String, String)>,
+    hist_axis: Option<(String, String, String)>,
+    dead_pct: Option<String>,
+    dead_many: bool,
+    nonfinite: bool,
+    error: Option<String>,
+    #[serde(skip)]
+    thumb_score: u8,
+}
+
+#[derive(Debug, Serialize)]
+struct CardStats {
+    min: String,
+    max: String,
+    mean: String,
+    std: String,
+    zero_pct: String,
+    nan: u64,
+    inf: u64,
+}
+
+#[derive(Debug, Serialize)]
+struct StatsFile<'a> {
+    run_id: &'a str,
+    layers: Vec<StatsEntry<'a>>,
+}
+
+#[derive(Debug, Serialize)]
+struct StatsEntry<'a> {
+    index: usize,
+    name: &'a str,
+    kind: Option<&'a str>,
+    shape: &'a [usize],
+    dtype: &'a str,
+    #[serde(flatten)]
+    stats: Option<Stats>,
+    picture: Option<&'a str>,
+    histogram: Option<&'a str>,
+    error: Option<&'a str>,
+}
+
+fn is_relu(kind: &str) -> bool {
+    kind.to_ascii_lowercase().contains("relu")
+}
+
+fn render_card(run: &Run, l: &LayerInfo, dir: &Path, opts: &GalleryOptions) -> Result<Card> {
+    let mut card = Card {
+        index: l.index,
+        name: l.name.clone(),
+        kind: l.kind.clone().unwrap_or_default(),
+        shape: l.shape.clone(),
+        shape_str: l.shape_str(),
+        dtype: l.dtype.to_string(),
+        elements: l.elem_count(),
+        stats_raw: None,
+        stats: None,
+        picture: None,
+        picture_size: None,
+        histogram: None,
+        caption: String::new(),
+        colormap: String::new(),
+        range: None,
+        hist_axis: None,
+        dead_pct: None,
+        dead_many: false,
+        nonfinite: false,
+        error: None,
+        thumb_score: 0,
+    };
+    let data = match run.data_at(l.index) {
+        Ok(d) => d,
+        Err(e) => {
+            card.error = Some(e.to_string());
+            return Ok(card);
+        }
+    };
+    let stats = Stats::of(&data);
+    card.nonfinite = stats.non_finite() > 0;
+    card.stats = Some(CardStats {
+        min: fmt_num(stats.min),
+        max: fmt_num(stats.max),
+        mean: fmt_num(stats.mean),
+        std: fmt_num(stats.std),
+        zero_pct: format!("{:.1}%", stats.zero_fraction * 100.0),
+        nan: stats.nan,
+        inf: stats.inf,
+    });
+    if is_relu(&card.kind) {
+        card.dead_pct = Some(format!("{:.1}%", stats.zero_fraction * 100.0));
+        card.dead_many = stats.zero_fraction >= 0.5;
+    }
+    card.stats_raw = Some(stats);
+    let stem = layer_file_stem(l.index, &l.name);
+    // Layers with fewer samples than asked show their last one.
+    let mut ropts = opts.render.clone();
+    if l.shape.len() >= 2 && l.shape[0] > 0 {
+        ropts.sample = ropts.sample.min(l.shape[0] - 1);
+    }
+    match render::render(&data, &l.shape, &ropts) {
+        Ok(pic) => {
+            let rel = format!("layers/{stem}.png");
+            write(&dir.join(&rel), &render::encode_png(&pic.image)?)?;
+            let lay = &pic.layout;
+            let mut caption = lay.describe();
+            if lay.samples > 1 && lay.kind != LayoutKind::Empty {
+                caption = format!("sample {} of {}: {caption}", lay.sample, lay.samples);
+            }
+            card.caption = caption;
+            card.colormap = colormap_note(pic.colormap, &ropts);
+            card.range = pic
+                .range
+                .map(|(a, b)| (fmt_num(a as f64), fmt_num(b as f64)));
+            card.picture = Some(rel);
+            card.picture_size = Some(pic.image.dimensions());
+            card.thumb_score = match lay.kind {
+                LayoutKind::Grid if lay.tiles > 1 => 3,
+                LayoutKind::Grid | LayoutKind::Heatmap => 2,
+                LayoutKind::Folded => 1,
+                LayoutKind::Empty => 0,
+            };
+            let hist = Histogram::of(&data, &stats, HIST_BINS);
+            let himg = render::render_histogram(&hist, pic.colormap, HIST_SIZE.0, HIST_SIZE.1);
+            let hrel = format!("layers/{stem}.hist.png");
+            write(&dir.join(&hrel), &render::encode_png(&himg)?)?;
+            card.histogram = Some(hrel);
+            card.hist_axis = (!hist.lo.is_nan()).then(|| {
+                (
+                    fmt_num(hist.lo),
+                    fmt_num(hist.hi),
+                    format!("{}", hist.peak()),
+                )
+            });
+        }
+        Err(e) => card.error = Some(e.to_string()),
+    }
+    Ok(card)
+}
+
+fn colormap_note(cm: Colormap, o: &RenderOptions) -> String {
+    let scale = match o.scale {
+        render::Scale::PerChannel => "each channel scaled to its own range".to_string(),
+        render::Scale::Shared => "one scale for all channels".to_string(),
+        render::Scale::Percentile(a, b) => format!("one scale, clipped to percentiles {a}–{b}"),
+    };
+    let map = if cm.is_diverging() {
+        format!("{cm}, centred on 0")
+    } else {
+        cm.to_string()
+    };
+    format!("{map}; {scale}")
+}
+
+#[derive(Serialize)]
+struct RunFacts {
+    id: String,
+    model: String,
+    created: String,
+    input: String,
+    source: String,
+    size: String,
+    layers: usize,
+    data: String,
+    tags: Vec<(String, String)>,
+    metadata: Vec<(String, String)>,
+    rendered_at: String,
+}
+
+/// Renders one run file into `out/<gallery_name>/`: built in a dot-temp folder
+/// inside `out`, then swapped into place (no half gallery is ever visible); writes
+/// manifest.json last inside the temp folder. Does NOT rewrite `out/index.html`
+/// (call [`write_index`]).
+pub fn render_gallery(run_path: &Path, out: &Path, opts: &GalleryOptions) -> Result<Manifest> {
     let t0 = Instant::now();
     let facts = source_facts(run_path)?;
     let run = Run::open(run_path)?;
-    build(out, run_path, |tmp| {
-        let mut html = format!(
-            "<!doctype html><meta charset=\"utf-8\"><title>{0}</title><h1>{0}</h1><ol>\n",
-            esc(&gallery_name(run_path))
-        );
-        for l in run.layers() {
-            html.push_str(&format!(
-                "<li>{} {} {}</li>\n",
-                esc(&l.name),
-                esc(&l.shape_str()),
-                esc(&l.dtype.to_string())
-            ));
+    let name = gallery_name(run_path);
+    let staging = Staging::new(out, &name)?;
+    let dir = staging.dir.clone();
+    let layers_dir = dir.join("layers");
+    std::fs::create_dir(&layers_dir).map_err(|e| Error::io(&layers_dir, e))?;
+
+    let cards: Vec<Card> = run
+        .layers()
+        .par_iter()
+        .map(|l| render_card(&run, l, &dir, opts))
+        .collect::<Result<_>>()?;
+
+    // Thumbnail: the first conv-like layer, else the first picture.
+    let mut thumbnail = None;
+    if let Some(best) = cards
+        .iter()
+        .filter(|c| c.picture.is_some())
+        .max_by_key(|c| (c.thumb_score, std::cmp::Reverse(c.index)))
+    {
+        let data = run.data_at(best.index)?;
+        let mut o = opts.render.clone();
+        o.max_pixels = THUMB_PIXELS;
+        o.min_cell = 8;
+        o.min_side = 96;
+        if best.shape.len() >= 2 && best.shape[0] > 0 {
+            o.sample = o.sample.min(best.shape[0] - 1);
         }
-        html.push_str("</ol>\n");
-        write_atomic(&tmp.join("index.html"), html.as_bytes())?;
-        let mut m = base_manifest(run_path, &facts);
-        m.created = run.info().created.clone();
-        m.model = run.info().model.clone();
-        m.layers = run.len();
-        m.render_ms = t0.elapsed().as_millis() as u64;
-        Ok(m)
-    })
-}
-
-/// An error page gallery for `run_path` (status "error").
-pub fn write_error_gallery(run_path: &Path, out: &Path, message: &str) -> Result<Manifest> {
-    let facts = source_facts(run_path)?;
-    build(out, run_path, |tmp| {
-        let html = format!(
-            "<!doctype html><meta charset=\"utf-8\"><title>{0}</title><h1>{0}</h1><p class=\"error\">{1}</p>\n",
-            esc(&gallery_name(run_path)),
-            esc(message)
-        );
-        write_atomic(&tmp.join("index.html"), html.as_bytes())?;
-        let mut m = base_manifest(run_path, &facts);
-        m.status = "error".into();
-        m.error = Some(message.to_string());
-        Ok(m)
-    })
-}
-
-/// Rewrites `out/index.html` atomically from all manifests, newest first.
-pub fn write_index(out: &Path) -> Result<()> {
-    let rd = std::fs::read_dir(out).map_err(|e| Error::io(out, e))?;
-    let mut ms: Vec<Manifest> = rd
-        .flatten()
-        .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
-        .filter_map(|e| read_manifest(&e.path()))
-        .collect();
-    ms.sort_by(|a, b| {
-        b.created
-            .cmp(&a.created)
-            .then_with(|| b.rendered_at.cmp(&a.rendered_at))
-    });
-    let mut html = String::from(
-        "<!doctype html><meta charset=\"utf-8\"><title>candlelight</title><h1>Runs</h1><ul>\n",
-    );
-    for m in &ms {
-        html.push_str(&format!(
-            "<li><a href=\"{0}/index.html\">{0}</a> {1}</li>\n",
-            esc(&m.run_id),
-            esc(&m.status)
-        ));
+        if let Ok(img) = render::render_layer(&data, &best.shape, &o) {
+            write(&dir.join("thumb.png"), &render::encode_png(&img)?)?;
+            thumbnail = Some("thumb.png".to_string());
+        }
     }
-    html.push_str("</ul>\n");
+
+    let info = run.info();
+    let stats: Vec<StatsEntry> = run
+        .layers()
+        .iter()
+        .zip(&cards)
+        .map(|(l, c)| StatsEntry {
+            index: l.index,
+            name: &l.name,
+            kind: l.kind.as_deref(),
+            shape: &l.shape,
+            dtype: &c.dtype,
+            stats: c.stats_raw,
+            picture: c.picture.as_deref(),
+            histogram: c.histogram.as_deref(),
+            error: c.error.as_deref(),
+        })
+        .collect();
+    let stats_json = serde_json::to_vec_pretty(&StatsFile {
+        run_id: &name,
+        layers: stats,
+    })
+    .map_err(|e| Error::Invalid(format!("stats.json: {e}")))?;
+    write(&dir.join("stats.json"), &stats_json)?;
+
+    let rendered_at = now_rfc3339();
+    let facts_html = RunFacts {
+        id: info.id.clone(),
+        model: info.model.clone(),
+        created: info.created.clone(),
+        input: info.input.clone(),
+        source: absolute(run_path).display().to_string(),
+        size: fmt_bytes(facts.size),
+        layers: run.len(),
+        data: fmt_bytes(run.data_bytes() as u64),
+        tags: info
+            .tags
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        metadata: run
+            .metadata()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.chars().take(300).collect()))
+            .collect(),
+        rendered_at: rendered_at.clone(),
+    };
+    let nonfinite: Vec<&Card> = cards.iter().filter(|c| c.nonfinite).collect();
+    let dead: Vec<&Card> = cards.iter().filter(|c| c.dead_many).collect();
+    let html = page(
+        "run.html",
+        context! {
+            name => &name,
+            run => facts_html,
+            cards => &cards,
+            nonfinite => nonfinite,
+            dead => dead,
+            renderer_version => RENDERER_VERSION,
+            sample => opts.render.sample,
+        },
+    )?;
+    write(&dir.join("index.html"), html.as_bytes())?;
+
+    let manifest = Manifest {
+        gallery_version: GALLERY_VERSION,
+        renderer_version: RENDERER_VERSION.to_string(),
+        source: absolute(run_path),
+        source_size: facts.size,
+        source_mtime_ns: facts.mtime_ns,
+        run_id: name.clone(),
+        created: info.created.clone(),
+        model: info.model.clone(),
+        layers: run.len(),
+        rendered_at,
+        render_ms: t0.elapsed().as_millis() as u64,
+        status: "ok".into(),
+        error: None,
+        thumbnail,
+    };
+    write_manifest(&dir, &manifest)?;
+    staging.swap_into(&out.join(&name))?;
+    Ok(manifest)
+}
+
+fn write_manifest(dir: &Path, m: &Manifest) -> Result<()> {
+    let path = dir.join("manifest.json");
+    let bytes = serde_json::to_vec_pretty(m)
+        .map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?;
+    write_atomic(&path, &bytes)
+}
+
+/// Same swap-into-place as [`render_gallery`], but the gallery is an error page
+/// (index.html with the escaped message) + a manifest with status "error".
+pub fn write_error_gallery(run_path: &Path, out: &Path, message: &str) -> Result<Manifest> {
+    let facts = source_facts(run_path).unwrap_or(SourceFacts {
+        size: 0,
+        mtime_ns: 0,
+    });
+    let name = gallery_name(run_path);
+    let message = message.replace(['\n', '\r'], " ");
+    let staging = Staging::new(out, &name)?;
+    let rendered_at = now_rfc3339();
+    let html = page(
+        "error.html",
+        context! {
+            name => &name,
+            source => absolute(run_path).display().to_string(),
+            message => &message,
+            rendered_at => &rendered_at,
+        },
+    )?;
+    write(&staging.dir.join("index.html"), html.as_bytes())?;
+    let manifest = Manifest {
+        gallery_version: GALLERY_VERSION,
+        renderer_version: RENDERER_VERSION.to_string(),
+        source: absolute(run_path),
+        source_size: facts.size,
+        source_mtime_ns: facts.mtime_ns,
+        run_id: name.clone(),
+        created: String::new(),
+        model: String::new(),
+        layers: 0,
+        rendered_at,
+        render_ms: 0,
+        status: "error".into(),
+        error: Some(message),
+        thumbnail: None,
+    };
+    write_manifest(&staging.dir, &manifest)?;
+    staging.swap_into(&out.join(&name))?;
+    Ok(manifest)
+}
+
+/// Percent-encodes everything but `[A-Za-z0-9._-]` (one path segment of a link).
+fn url_segment(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"._-".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[derive(Serialize)]
+struct IndexEntry {
+    name: String,
+    href: String,
+    thumb: Option<String>,
+    model: String,
+    created: String,
+    layers: usize,
+    rendered_at: String,
+    render_ms: u64,
+    source: String,
+    error: Option<String>,
+}
+
+/// Rewrites `out/index.html` atomically from all manifests found in
+/// `out/*/manifest.json`, newest first (by `created`, then `rendered_at`), with
+/// thumbnails; ignores dot folders.
+pub fn write_index(out: &Path) -> Result<()> {
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    let rd = std::fs::read_dir(out).map_err(|e| Error::io(out, e))?;
+    let mut found: Vec<(String, Manifest)> = Vec::new();
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') || !e.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        if let Some(m) = read_manifest(&e.path()) {
+            found.push((name, m));
+        }
+    }
+    found.sort_by(|a, b| {
+        (&b.1.created, &b.1.rendered_at, &a.0).cmp(&(&a.1.created, &a.1.rendered_at, &b.0))
+    });
+    let entries: Vec<IndexEntry> = found
+        .into_iter()
+        .map(|(name, m)| {
+            let base = url_segment(&name);
+            // A thumbnail path from a manifest is used only if it is a plain relative
+            // path inside the gallery that exists.
+            let thumb = m.thumbnail.as_deref().and_then(|t| {
+                let p = Path::new(t);
+                let plain = !t.is_empty()
+                    && p.components()
+                        .all(|c| matches!(c, std::path::Component::Normal(_)));
+                (plain && out.join(&name).join(p).is_file()).then(|| {
+                    let segs: Vec<String> = p
+                        .components()
+                        .map(|c| url_segment(&c.as_os_str().to_string_lossy()))
+                        .collect();
+                    format!("{base}/{}", segs.join("/"))
+                })
+            });
+            IndexEntry {
+                href: format!("{base}/index.html"),
+                thumb,
+                model: m.model,
+                created: m.created,
+                layers: m.layers,
+                rendered_at: m.rendered_at,
+                render_ms: m.render_ms,
+                source: m
+                    .source
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+                error: (m.status != "ok")
+                    .then(|| m.error.unwrap_or_else(|| "unknown error".into())),
+                name,
+            }
+        })
+        .collect();
+    let html = page(
+        "index.html",
+        context! { entries => entries, updated => now_rfc3339() },
+    )?;
     write_atomic(&out.join("index.html"), html.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_stay_inside_the_folder() {
+        for (input, expect) in [
+            ("runs/a.safetensors", "a"),
+            ("runs/../../x.safetensors", "x"),
+            ("runs/.hidden.safetensors", "_hidden"),
+            ("runs/index.html.safetensors", "_index.html"),
+            ("runs/<script>.safetensors", "-script-"),
+        ] {
+            assert_eq!(gallery_name(Path::new(input)), expect);
+        }
+        for name in ["../../x", "/etc/passwd", "", "..", "a\0b", "日本"] {
+            let s = layer_file_stem(7, name);
+            assert!(s.starts_with("007-"));
+            assert!(s
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)));
+            assert!(!s.contains('/'));
+        }
+    }
+
+    #[test]
+    fn templates_escape_everything() {
+        let html = page(
+            "error.html",
+            context! { name => "n", source => "<b>", message => "\"><script>", rendered_at => "" },
+        )
+        .unwrap();
+        assert!(
+            !html.contains("<script>") && !html.contains("<b>"),
+            "{html}"
+        );
+        assert!(html.contains("&lt;script&gt;"));
+    }
+
+    #[test]
+    fn url_segments_are_encoded() {
+        assert_eq!(url_segment("a b/c?"), "a%20b%2Fc%3F");
+        assert_eq!(url_segment("run-1.x_y"), "run-1.x_y");
+    }
 }

@@ -24,13 +24,16 @@ pub mod error;
 pub mod gallery;
 pub mod models;
 pub mod record;
+pub mod render;
 pub mod runfile;
 pub mod stats;
 pub mod values;
 pub mod watch;
 
 pub use error::{Error, Result};
-pub use record::{is_recording, nn, record_as, tap, Recorder};
+pub use gallery::{render_gallery, write_index, GalleryOptions, Manifest};
+pub use record::{is_recording, nn, record_as, tap, tap_as, Recorder};
+pub use render::{encode_png, render_layer, render_tensor, Colormap, RenderOptions, Scale};
 pub use runfile::{LayerInfo, Run, RunInfo};
 pub use stats::Stats;
 pub use values::LayerData;

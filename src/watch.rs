@@ -534,12 +534,16 @@ fn lock(out: &Path) -> Result<std::fs::File> {
     Ok(f)
 }
 
-/// Rewrites `out/index.html` on its own thread; pings arriving while it writes
-/// are folded into one more write.
+/// Rewrites `out/index.html` on its own thread after galleries change. Pings that
+/// arrive while it writes, or within [`INDEX_GAP`] of the last write, are folded into
+/// one write (a burst of runs does not rewrite the index once per run).
 struct Indexer {
     tx: Option<Sender<()>>,
     thread: Option<JoinHandle<()>>,
 }
+
+/// Minimum time between two rewrites of `out/index.html` during a burst.
+pub const INDEX_GAP: Duration = Duration::from_millis(250);
 
 impl Indexer {
     fn start(out: PathBuf) -> Indexer {
@@ -547,11 +551,19 @@ impl Indexer {
         let thread = std::thread::Builder::new()
             .name("index".into())
             .spawn(move || {
+                let mut last: Option<Instant> = None;
                 while rx.recv().is_ok() {
+                    if let Some(ready) = last.map(|l| l + INDEX_GAP) {
+                        // Fold further pings in until the gap has passed (or we stop).
+                        while let Ok(()) = rx.recv_deadline(ready) {}
+                    }
                     while rx.try_recv().is_ok() {}
+                    let t0 = Instant::now();
                     if let Err(e) = gallery::write_index(&out) {
                         warn!("cannot write the index: {e}");
                     }
+                    debug!("index written in {} ms", t0.elapsed().as_millis());
+                    last = Some(Instant::now());
                 }
             })
             .expect("spawn the index thread");

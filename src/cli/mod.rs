@@ -7,6 +7,8 @@ use clap::{Parser, Subcommand};
 
 use candlelight::{LayerInfo, Run, Stats};
 
+mod demo;
+mod render;
 mod watch;
 
 /// See inside candle models: record, render, watch and compare runs.
@@ -31,6 +33,10 @@ pub enum Command {
         /// A layer name: summarize its values.
         layer: Option<String>,
     },
+    /// Render run files into PNG galleries: OUT/<run>/index.html per run, OUT/index.html.
+    Render(render::RenderArgs),
+    /// Record the bundled model on sample inputs into runs/ and render galleries/.
+    Demo(demo::DemoArgs),
     /// Watch a folder: every run file dropped into it becomes a gallery.
     Watch(watch::WatchArgs),
 }
@@ -40,6 +46,8 @@ pub fn run(cli: Cli) -> Result<i32> {
     match cli.command {
         Command::Ls { dir } => ls(&dir),
         Command::Show { run, layer } => show(&run, layer.as_deref()),
+        Command::Render(args) => render::render(args),
+        Command::Demo(args) => demo::demo(args),
         Command::Watch(args) => watch::watch(args),
     }
 }

@@ -1,6 +1,12 @@
 //! Models shipped with candlelight, built with the recording layers, and helpers
 //! to give a model deterministic weights.
 
+pub mod mnist_cnn;
+pub mod mnist_data;
+pub mod seed_cnn;
+
+pub use seed_cnn::{seed_cnn, seed_cnn_sized};
+
 use candle_core::Tensor;
 use candle_nn::VarMap;
 use rand::{Rng, SeedableRng};

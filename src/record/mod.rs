@@ -83,6 +83,13 @@ pub fn tap(name: &str, t: &Tensor) -> candle_core::Result<Tensor> {
     Ok(t.clone())
 }
 
+/// Like [`tap`], with a layer kind (`relu`, `max_pool2d`, ...) instead of `tap`.
+#[inline]
+pub fn tap_as(name: &str, kind: &str, t: &Tensor) -> candle_core::Result<Tensor> {
+    record_as(name, kind, t);
+    Ok(t.clone())
+}
+
 /// Records `t` as `name` with layer kind `kind` when a recorder is active.
 #[inline]
 pub fn record_as(name: &str, kind: &str, t: &Tensor) {

@@ -1,0 +1,96 @@
+//! `candlelight render RUN... [--out DIR]`: run files -> galleries + the index page.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+use candlelight::gallery::{render_gallery, write_index, GalleryOptions};
+use candlelight::render::{Colormap, RenderOptions, Scale};
+use indicatif::{ProgressBar, ProgressStyle};
+
+#[derive(Debug, clap::Args)]
+pub struct RenderArgs {
+    /// Run files (`*.safetensors`) to render.
+    #[arg(required = true)]
+    pub runs: Vec<PathBuf>,
+    /// Folder of the galleries (one folder per run, plus index.html).
+    #[arg(long, default_value = "galleries")]
+    pub out: PathBuf,
+    /// Which sample (index in dim 0) of each layer to picture.
+    #[arg(long, default_value_t = 0)]
+    pub sample: usize,
+    /// Colour scale: per-channel, shared, or pLO-HI (percentiles, e.g. p1-99).
+    #[arg(long, default_value = "per-channel", value_parser = parse_scale)]
+    pub scale: Scale,
+    /// Colormap: auto (viridis, or rdbu for signed layers), viridis, magma, inferno,
+    /// plasma, cividis, greys, rdbu, puor.
+    #[arg(long, default_value = "auto", value_parser = parse_colormap)]
+    pub colormap: Colormap,
+}
+
+fn parse_scale(s: &str) -> Result<Scale, String> {
+    s.parse().map_err(|e: candlelight::Error| e.to_string())
+}
+
+fn parse_colormap(s: &str) -> Result<Colormap, String> {
+    s.parse().map_err(|e: candlelight::Error| e.to_string())
+}
+
+/// The error as one line that names `path`.
+pub fn one_line(path: &Path, e: &dyn std::fmt::Display) -> String {
+    let msg = e.to_string().replace(['\n', '\r'], " ");
+    let shown = path.display().to_string();
+    if msg.contains(&shown) {
+        msg
+    } else {
+        format!("{shown}: {msg}")
+    }
+}
+
+/// The absolute form of `p` (as given when that fails).
+pub fn absolute(p: &Path) -> PathBuf {
+    std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
+}
+
+pub fn render(args: RenderArgs) -> Result<i32> {
+    let opts = GalleryOptions {
+        render: RenderOptions {
+            sample: args.sample,
+            scale: args.scale,
+            colormap: args.colormap,
+            ..RenderOptions::default()
+        },
+    };
+    let pb = if args.runs.len() > 1 {
+        let pb = ProgressBar::new(args.runs.len() as u64);
+        pb.set_style(
+            ProgressStyle::with_template("{bar:30} {pos}/{len} {wide_msg}")
+                .expect("valid progress template"),
+        );
+        pb
+    } else {
+        ProgressBar::hidden()
+    };
+    let mut failed = 0;
+    for path in &args.runs {
+        pb.set_message(path.display().to_string());
+        match render_gallery(path, &args.out, &opts) {
+            Ok(m) => pb.suspend(|| {
+                println!(
+                    "rendered {} ({} layers, {} ms)",
+                    args.out.join(&m.run_id).join("index.html").display(),
+                    m.layers,
+                    m.render_ms
+                )
+            }),
+            Err(e) => {
+                failed += 1;
+                pb.suspend(|| eprintln!("error: {}", one_line(path, &e)));
+            }
+        }
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
+    write_index(&args.out)?;
+    println!("{}", absolute(&args.out.join("index.html")).display());
+    Ok(if failed > 0 { 2 } else { 0 })
+}

@@ -1,0 +1,246 @@
+//! Histograms of a layer's finite values, drawn with log-scale counts. The picture
+//! carries no text (no font needed); the gallery writes the axis labels beside it.
+
+use image::RgbImage;
+use rayon::prelude::*;
+
+use super::colormap::{lut_index, Colormap};
+use crate::stats::Stats;
+use crate::values::LayerData;
+
+/// Counts of a layer's finite values in equal bins over `[lo, hi]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Histogram {
+    /// Left edge of the first bin (the smallest finite value); NaN when none.
+    pub lo: f64,
+    /// Right edge of the last bin (the largest finite value); NaN when none.
+    pub hi: f64,
+    /// Count per bin. When `lo == hi` every value is in the middle bin.
+    pub counts: Vec<u64>,
+}
+
+const CHUNK: usize = 1 << 15;
+
+impl Histogram {
+    /// Bins the finite values of `data` into `bins` bins over `[stats.min, stats.max]`
+    /// (`stats` must be the data's own statistics).
+    pub fn of(data: &LayerData<'_>, stats: &Stats, bins: usize) -> Histogram {
+        let bins = bins.max(1);
+        let (lo, hi) = (stats.min, stats.max);
+        let mut h = Histogram {
+            lo,
+            hi,
+            counts: vec![0; bins],
+        };
+        if lo.is_nan() || hi.is_nan() {
+            return h;
+        }
+        let scale = if hi > lo {
+            bins as f64 / (hi - lo)
+        } else {
+            0.0
+        };
+        let fixed = bins / 2;
+        let count = |c: &[f32], counts: &mut [u64]| {
+            for &v in c.iter().filter(|v| v.is_finite()) {
+                let b = if scale > 0.0 {
+                    (((v as f64 - lo) * scale) as usize).min(bins - 1)
+                } else {
+                    fixed
+                };
+                counts[b] += 1;
+            }
+        };
+        let n = data.len();
+        let chunks = n.div_ceil(CHUNK);
+        if chunks <= 2 {
+            data.for_each_chunk(CHUNK, |_, c| count(c, &mut h.counts));
+        } else {
+            h.counts = (0..chunks)
+                .into_par_iter()
+                .fold(
+                    || (vec![0f32; CHUNK], vec![0u64; bins]),
+                    |(mut buf, mut counts), k| {
+                        let start = k * CHUNK;
+                        let len = CHUNK.min(n - start);
+                        data.read_into(start, &mut buf[..len]);
+                        count(&buf[..len], &mut counts);
+                        (buf, counts)
+                    },
+                )
+                .map(|(_, c)| c)
+                .reduce(
+                    || vec![0u64; bins],
+                    |mut a, b| {
+                        a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
+                        a
+                    },
+                );
+        }
+        h
+    }
+
+    /// The largest bin count.
+    pub fn peak(&self) -> u64 {
+        self.counts.iter().copied().max().unwrap_or(0)
+    }
+
+    /// The value at the centre of bin `b`.
+    pub fn center(&self, b: usize) -> f64 {
+        if self.hi > self.lo {
+            self.lo + (self.hi - self.lo) * (b as f64 + 0.5) / self.counts.len() as f64
+        } else {
+            self.lo
+        }
+    }
+}
+
+/// Background, bar, axis and grid-line colours of histogram pictures.
+const BACKGROUND: [u8; 3] = [255, 255, 255];
+const BAR: [u8; 3] = [92, 104, 128];
+const AXIS: [u8; 3] = [120, 120, 120];
+const GRID: [u8; 3] = [228, 228, 232];
+const ZERO: [u8; 3] = [200, 30, 60];
+/// Height of the colour bar under the axis, and the gap above it.
+const COLORBAR: usize = 8;
+const GAP: usize = 2;
+
+/// Draws `h` as a `width`×`height` bar chart over a colour bar. Bar heights are
+/// log(1 + count) scaled to the peak; faint lines mark counts 10, 100, 1000, ...; a
+/// red line marks zero when it lies inside the range; the strip at the bottom shows
+/// the colour of each value in `cm` (diverging maps centred on zero).
+pub fn render_histogram(h: &Histogram, cm: Colormap, width: u32, height: u32) -> RgbImage {
+    let (w, ht) = (
+        width.max(1) as usize,
+        (height as usize).max(COLORBAR + GAP + 4),
+    );
+    let mut img = RgbImage::from_pixel(w as u32, ht as u32, image::Rgb(BACKGROUND));
+    let base = COLORBAR + GAP; // y (from the bottom) of the axis
+    let plot_h = ht - base - 1;
+    let peak = h.peak();
+    let log_peak = ((1 + peak) as f64).log10();
+    let y_of = |count: f64| -> usize {
+        if log_peak <= 0.0 {
+            0
+        } else {
+            ((1.0 + count).log10() / log_peak * plot_h as f64).round() as usize
+        }
+    };
+    let mut put = |x: usize, y_from_bottom: usize, c: [u8; 3]| {
+        if x < w && y_from_bottom < ht {
+            img.put_pixel(x as u32, (ht - 1 - y_from_bottom) as u32, image::Rgb(c));
+        }
+    };
+    // Decade lines.
+    let mut decade = 10f64;
+    while peak > 0 && decade < peak as f64 {
+        let y = base + y_of(decade);
+        for x in 0..w {
+            put(x, y, GRID);
+        }
+        decade *= 10.0;
+    }
+    let bins = h.counts.len();
+    let bin_w = (w / bins).max(1);
+    let gap = usize::from(bin_w >= 4);
+    for (b, &c) in h.counts.iter().enumerate() {
+        if c == 0 {
+            continue;
+        }
+        let top = y_of(c as f64).max(1);
+        let x0 = b * w / bins;
+        for x in x0..x0 + bin_w - gap {
+            for y in 1..=top.min(plot_h) {
+                put(x, base + y, BAR);
+            }
+        }
+    }
+    // The colour bar: the value at each column, coloured as pictures colour it.
+    let lut = cm.lut();
+    let m = h.lo.abs().max(h.hi.abs());
+    for x in 0..w {
+        let v = if h.hi > h.lo {
+            h.lo + (h.hi - h.lo) * (x as f64 + 0.5) / w as f64
+        } else {
+            h.lo
+        };
+        let t = if v.is_nan() {
+            0.5
+        } else if cm.is_diverging() {
+            if m > 0.0 {
+                0.5 + 0.5 * v / m
+            } else {
+                0.5
+            }
+        } else if h.hi > h.lo {
+            (v - h.lo) / (h.hi - h.lo)
+        } else {
+            0.5
+        };
+        let c = lut[lut_index(t as f32)];
+        for y in 0..COLORBAR {
+            put(x, y, c);
+        }
+    }
+    // Zero line, then the axis.
+    if h.lo < 0.0 && h.hi > 0.0 {
+        let x = ((0.0 - h.lo) / (h.hi - h.lo) * w as f64) as usize;
+        for y in base..ht {
+            put(x.min(w - 1), y, ZERO);
+        }
+    }
+    for x in 0..w {
+        put(x, base, AXIS);
+    }
+    img
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_every_finite_value_once() {
+        let v: Vec<f32> = (0..100_000)
+            .map(|i| {
+                if i % 1000 == 0 {
+                    f32::NAN
+                } else {
+                    (i % 97) as f32
+                }
+            })
+            .collect();
+        let d = LayerData::from_f32(v.clone());
+        let s = Stats::of(&d);
+        let h = Histogram::of(&d, &s, 10);
+        assert_eq!(h.counts.iter().sum::<u64>(), s.count - s.nan - s.inf);
+        let in_first = v.iter().filter(|x| x.is_finite() && **x < 9.6).count() as u64;
+        assert_eq!(h.counts[0], in_first);
+    }
+
+    #[test]
+    fn constant_and_empty_layers_do_not_panic() {
+        let d = LayerData::from_f32(vec![3.0; 5]);
+        let h = Histogram::of(&d, &Stats::of(&d), 8);
+        assert_eq!(h.counts[4], 5);
+        let img = render_histogram(&h, Colormap::Viridis, 64, 20);
+        assert_eq!(img.dimensions(), (64, 20));
+        let d = LayerData::from_f32(vec![f32::NAN; 3]);
+        let h = Histogram::of(&d, &Stats::of(&d), 8);
+        assert_eq!(h.peak(), 0);
+        render_histogram(&h, Colormap::RdBu, 64, 20);
+    }
+
+    #[test]
+    fn taller_bars_for_bigger_counts() {
+        let h = Histogram {
+            lo: 0.0,
+            hi: 2.0,
+            counts: vec![10, 1000],
+        };
+        let img = render_histogram(&h, Colormap::Viridis, 20, 50);
+        let height = |x: u32| (0..50).filter(|&y| img.get_pixel(x, y).0 == BAR).count();
+        assert!(height(2) > 0 && height(12) > height(2));
+        assert_eq!(height(12), 50 - COLORBAR - GAP - 1);
+    }
+}

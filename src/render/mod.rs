@@ -1,0 +1,852 @@
+//! Pictures of layers: a layer's values and shape -> an RGB image.
+//!
+//! What a picture shows depends on the shape (see [`layout`]):
+//! - `[N, C, H, W]` (and `[N, A, B, .., H, W]`, whose middle dims count as channels):
+//!   the C maps of one sample tiled in a near-square grid with thin separators, each
+//!   normalized on its own by default ([`Scale`]), small maps enlarged with
+//!   nearest-neighbour so a cell is at least [`RenderOptions::min_cell`] pixels.
+//!   Maps of 1×1 are a vector (folded, below); maps of 1×L or L×1 make a C × L heatmap.
+//! - `[N, T, D]`: a T × D heatmap of one sample.
+//! - `[N, D]`, `[D]`, scalars: the values folded row by row into a near-square heatmap.
+//! - Zero-size layers: a small blank picture.
+//!
+//! Colours: [`Colormap::Auto`] uses viridis when the shown values are non-negative and
+//! a diverging map centred on zero (blue < 0 < red) when some are negative. NaN and
+//! ±Inf get the flag colour [`FLAG`]. A picture never has more than
+//! [`RenderOptions::max_pixels`] pixels: a huge layer is box-averaged while it is read
+//! (a block holding a NaN or Inf shows the flag), never loaded whole.
+//!
+//! ```
+//! use candlelight::render::{render_layer, RenderOptions};
+//! use candlelight::LayerData;
+//!
+//! let data = LayerData::from_f32((0..2 * 8 * 8).map(|v| v as f32).collect());
+//! let img = render_layer(&data, &[1, 2, 8, 8], &RenderOptions::default())?;
+//! let png = candlelight::render::encode_png(&img)?;
+//! assert!(png.starts_with(b"\x89PNG"));
+//! # Ok::<(), candlelight::Error>(())
+//! ```
+
+pub mod colormap;
+pub mod histogram;
+
+use candle_core::{DType, Device, Tensor};
+use image::RgbImage;
+use rayon::prelude::*;
+
+pub use colormap::{Colormap, FLAG, SEPARATOR};
+pub use histogram::{render_histogram, Histogram};
+
+use crate::values::LayerData;
+use crate::{Error, Result};
+
+/// How values are mapped to colours.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub enum Scale {
+    /// Each channel (grid cell) from its own min to its own max.
+    #[default]
+    PerChannel,
+    /// One range, the min and max of all shown values.
+    Shared,
+    /// One range between two percentiles (in percent, e.g. `(1.0, 99.0)`) of the
+    /// shown values; values outside are clipped.
+    Percentile(f32, f32),
+}
+
+impl std::fmt::Display for Scale {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Scale::PerChannel => f.write_str("per-channel"),
+            Scale::Shared => f.write_str("shared"),
+            Scale::Percentile(lo, hi) => write!(f, "p{lo}-{hi}"),
+        }
+    }
+}
+
+impl std::str::FromStr for Scale {
+    type Err = Error;
+
+    /// `per-channel`, `shared` or `pLO-HI` (e.g. `p1-99`).
+    fn from_str(s: &str) -> Result<Scale> {
+        match s {
+            "per-channel" | "channel" => Ok(Scale::PerChannel),
+            "shared" => Ok(Scale::Shared),
+            _ => {
+                let bad = || {
+                    Error::Invalid(format!(
+                        "unknown scale {s:?} (use per-channel, shared or pLO-HI such as p1-99)"
+                    ))
+                };
+                let (lo, hi) = s
+                    .strip_prefix('p')
+                    .and_then(|r| r.split_once('-'))
+                    .ok_or_else(bad)?;
+                let (lo, hi) = (
+                    lo.parse::<f32>().map_err(|_| bad())?,
+                    hi.parse::<f32>().map_err(|_| bad())?,
+                );
+                check_percentiles(lo, hi)?;
+                Ok(Scale::Percentile(lo, hi))
+            }
+        }
+    }
+}
+
+fn check_percentiles(lo: f32, hi: f32) -> Result<()> {
+    if (0.0..100.0).contains(&lo) && lo < hi && hi <= 100.0 {
+        Ok(())
+    } else {
+        Err(Error::Invalid(format!(
+            "percentiles must satisfy 0 <= lo < hi <= 100, got {lo} and {hi}"
+        )))
+    }
+}
+
+/// Options of a picture. Defaults: sample 0, per-channel scale, automatic colormap,
+/// at most 4 000 000 pixels, 1-pixel separators, grid cells of at least 64 pixels and
+/// single-map pictures of at least 256 pixels (on the longer side).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RenderOptions {
+    /// Which sample (index into dim 0) of a layer of rank ≥ 2 to show.
+    pub sample: usize,
+    /// How values map to colours.
+    pub scale: Scale,
+    /// The colormap ([`Colormap::Auto`]: viridis, or RdBu for signed values).
+    pub colormap: Colormap,
+    /// Pixel budget of one picture; bigger layers are downsampled.
+    pub max_pixels: usize,
+    /// Width of the separators between grid cells, in pixels.
+    pub separator: usize,
+    /// Small maps in a grid are enlarged (nearest-neighbour, by a whole factor)
+    /// until a cell's longer side has at least this many pixels.
+    pub min_cell: usize,
+    /// Same for pictures of one map or heatmap.
+    pub min_side: usize,
+}
+
+impl Default for RenderOptions {
+    fn default() -> Self {
+        RenderOptions {
+            sample: 0,
+            scale: Scale::PerChannel,
+            colormap: Colormap::Auto,
+            max_pixels: 4_000_000,
+            separator: 1,
+            min_cell: 64,
+            min_side: 256,
+        }
+    }
+}
+
+/// Heatmaps are made no more elongated than this (by thickening the short side).
+const MAX_ASPECT: f64 = 4.0;
+/// Side of the blank picture of a zero-size layer.
+pub const EMPTY_SIDE: usize = 16;
+/// Internal marker of a cell with no value (the tail of a folded vector).
+const BLANK: f32 = f32::NEG_INFINITY;
+
+/// How a layer is laid out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LayoutKind {
+    /// Channels of one sample in a grid of cells.
+    Grid,
+    /// One 2-D map, rows × columns.
+    Heatmap,
+    /// A vector folded row by row into a near-square map (the last row may be partial).
+    Folded,
+    /// No element: a blank picture.
+    Empty,
+}
+
+/// Enlargement or reduction along one axis: `n` source values show as
+/// `n.div_ceil(down) * zoom` pixels. At most one of the two is above 1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Axis {
+    /// Each (reduced) value is repeated this many times.
+    pub zoom: usize,
+    /// This many source values are averaged into one.
+    pub down: usize,
+}
+
+impl Axis {
+    fn of(n: usize, s: f64) -> Axis {
+        if s >= 1.0 {
+            Axis {
+                zoom: s.floor() as usize,
+                down: 1,
+            }
+        } else {
+            Axis {
+                zoom: 1,
+                down: ((1.0 / s - 1e-9).ceil() as usize).clamp(1, n.max(1)),
+            }
+        }
+    }
+
+    /// Pixels shown for `n` source values.
+    pub fn pixels(&self, n: usize) -> usize {
+        n.div_ceil(self.down) * self.zoom
+    }
+}
+
+/// The geometry of a picture: which values go where. Pixel (x, y) of the picture
+/// belongs to grid cell (y / (cell_h + separator), x / (cell_w + separator)).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Layout {
+    /// Grid, heatmap, folded vector or empty.
+    pub kind: LayoutKind,
+    /// The sample shown (0 for ranks below 2).
+    pub sample: usize,
+    /// Samples in the layer (1 for ranks below 2).
+    pub samples: usize,
+    /// Element offset of the sample's first value.
+    pub offset: usize,
+    /// Tiles (grid cells) shown.
+    pub tiles: usize,
+    /// Tiles the sample has (more than `tiles` only when they do not fit the budget).
+    pub total_tiles: usize,
+    /// Elements per tile (consecutive in memory).
+    pub tile_len: usize,
+    /// Source rows of a tile.
+    pub tile_h: usize,
+    /// Source columns of a tile.
+    pub tile_w: usize,
+    /// Grid rows.
+    pub rows: usize,
+    /// Grid columns.
+    pub cols: usize,
+    /// Vertical enlargement / reduction.
+    pub y: Axis,
+    /// Horizontal enlargement / reduction.
+    pub x: Axis,
+    /// Pixel height of a cell.
+    pub cell_h: usize,
+    /// Pixel width of a cell.
+    pub cell_w: usize,
+    /// Separator width in pixels.
+    pub separator: usize,
+    /// Picture width in pixels.
+    pub width: usize,
+    /// Picture height in pixels.
+    pub height: usize,
+}
+
+impl Layout {
+    /// A one-line description: `32 channels of 26×26 in a 6×6 grid, ×3`.
+    pub fn describe(&self) -> String {
+        let mut s = match self.kind {
+            LayoutKind::Empty => return "empty (no element)".into(),
+            LayoutKind::Grid if self.tiles == 1 => {
+                format!("one {}×{} map", self.tile_h, self.tile_w)
+            }
+            LayoutKind::Grid => {
+                let shown = if self.tiles < self.total_tiles {
+                    format!("first {} of {} channels", self.tiles, self.total_tiles)
+                } else {
+                    format!("{} channels", self.tiles)
+                };
+                format!(
+                    "{shown} of {}×{} in a {}×{} grid",
+                    self.tile_h, self.tile_w, self.rows, self.cols
+                )
+            }
+            LayoutKind::Heatmap => format!("{}×{} heatmap", self.tile_h, self.tile_w),
+            LayoutKind::Folded => format!(
+                "{} values folded into {}×{}",
+                self.tile_len, self.tile_h, self.tile_w
+            ),
+        };
+        let axis = |a: &Axis| {
+            if a.down > 1 {
+                format!("÷{}", a.down)
+            } else {
+                format!("×{}", a.zoom)
+            }
+        };
+        if self.x == self.y {
+            if self.x.zoom > 1 || self.x.down > 1 {
+                s += &format!(", {}", axis(&self.x));
+            }
+        } else {
+            s += &format!(", rows {} columns {}", axis(&self.y), axis(&self.x));
+        }
+        s
+    }
+}
+
+fn checked_len(shape: &[usize]) -> Result<usize> {
+    shape
+        .iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .ok_or_else(|| {
+            Error::Invalid(format!(
+                "shape {} has more elements than fit in memory",
+                crate::runfile::shape_str(shape)
+            ))
+        })
+}
+
+/// Where each value of a layer of `shape` goes in its picture under `opts`.
+pub fn layout(shape: &[usize], opts: &RenderOptions) -> Result<Layout> {
+    let n = checked_len(shape)?;
+    let (samples, sample) = if shape.len() >= 2 {
+        (shape[0], opts.sample)
+    } else {
+        (1, 0)
+    };
+    let blank = Layout {
+        kind: LayoutKind::Empty,
+        sample,
+        samples,
+        offset: 0,
+        tiles: 0,
+        total_tiles: 0,
+        tile_len: 0,
+        tile_h: 0,
+        tile_w: 0,
+        rows: 0,
+        cols: 0,
+        y: Axis { zoom: 1, down: 1 },
+        x: Axis { zoom: 1, down: 1 },
+        cell_h: 0,
+        cell_w: 0,
+        separator: opts.separator,
+        width: EMPTY_SIDE,
+        height: EMPTY_SIDE,
+    };
+    if n == 0 {
+        return Ok(blank);
+    }
+    if sample >= samples {
+        return Err(Error::Invalid(format!(
+            "sample {sample} is out of range: the layer {} has {samples} sample{}",
+            crate::runfile::shape_str(shape),
+            if samples == 1 { "" } else { "s" }
+        )));
+    }
+    if let Scale::Percentile(lo, hi) = opts.scale {
+        check_percentiles(lo, hi)?;
+    }
+    let per = n / samples;
+    let offset = sample * per;
+    let folded = |len: usize| {
+        let w = (len as f64).sqrt().ceil() as usize;
+        let w = w.max(1);
+        (LayoutKind::Folded, 1, len, len.div_ceil(w), w)
+    };
+    // (kind, tiles, tile_len, tile_h, tile_w)
+    let (kind, tiles, tile_len, h, w) = match shape.len() {
+        0..=2 => folded(per),
+        3 => {
+            let (t, d) = (shape[1], shape[2]);
+            if t == 1 || d == 1 {
+                folded(per)
+            } else {
+                (LayoutKind::Heatmap, 1, per, t, d)
+            }
+        }
+        r => {
+            let (h, w) = (shape[r - 2], shape[r - 1]);
+            let c = per / (h * w);
+            if h * w == 1 {
+                folded(c)
+            } else if h == 1 || w == 1 {
+                if c == 1 {
+                    folded(h * w)
+                } else {
+                    (LayoutKind::Heatmap, 1, per, c, h * w)
+                }
+            } else {
+                (LayoutKind::Grid, c, h * w, h, w)
+            }
+        }
+    };
+    let budget = opts.max_pixels.max(1);
+    let sep = opts.separator;
+    let mut shown = tiles;
+    if kind == LayoutKind::Grid {
+        // With 1-pixel cells each tile needs (1 + sep)² pixels.
+        shown = shown.min((budget / (1 + sep).pow(2)).max(1));
+    }
+    loop {
+        let cols = if kind == LayoutKind::Grid {
+            ((shown as f64 * h as f64 / w as f64).sqrt().ceil() as usize).clamp(1, shown)
+        } else {
+            1
+        };
+        let rows = shown.div_ceil(cols);
+        let target = if shown == 1 {
+            opts.min_side
+        } else {
+            opts.min_cell
+        };
+        if let Some((y, x)) = fit(kind, rows, cols, h, w, sep, target, budget) {
+            let (cell_h, cell_w) = (y.pixels(h), x.pixels(w));
+            return Ok(Layout {
+                kind,
+                sample,
+                samples,
+                offset,
+                tiles: shown,
+                total_tiles: tiles,
+                tile_len,
+                tile_h: h,
+                tile_w: w,
+                rows,
+                cols,
+                y,
+                x,
+                cell_h,
+                cell_w,
+                separator: sep,
+                width: cols * cell_w + (cols - 1) * sep,
+                height: rows * cell_h + (rows - 1) * sep,
+            });
+        }
+        // Too many tiles even at one pixel each: show fewer.
+        shown = (shown * 3 / 4).max(1);
+    }
+}
+
+/// Zoom / reduction per axis so cells reach `target` pixels (enlarging only) and the
+/// picture stays within `budget` pixels; `None` when even 1-pixel cells do not fit.
+#[allow(clippy::too_many_arguments)]
+fn fit(
+    kind: LayoutKind,
+    rows: usize,
+    cols: usize,
+    h: usize,
+    w: usize,
+    sep: usize,
+    target: usize,
+    budget: usize,
+) -> Option<(Axis, Axis)> {
+    let zoom = (target as f64 / h.max(w) as f64).ceil().max(1.0);
+    let (mut sy, mut sx) = (zoom, zoom);
+    if kind != LayoutKind::Grid {
+        let (ph, pw) = (h as f64 * sy, w as f64 * sx);
+        if pw > MAX_ASPECT * ph {
+            sy = (pw / (MAX_ASPECT * h as f64)).ceil();
+        } else if ph > MAX_ASPECT * pw {
+            sx = (ph / (MAX_ASPECT * w as f64)).ceil();
+        }
+    }
+    loop {
+        let (ay, ax) = (Axis::of(h, sy), Axis::of(w, sx));
+        let width = cols * ax.pixels(w) + (cols - 1) * sep;
+        let height = rows * ay.pixels(h) + (rows - 1) * sep;
+        let total = width as f64 * height as f64;
+        if total <= budget as f64 {
+            return Some((ay, ax));
+        }
+        if ay.down >= h && ax.down >= w {
+            return None;
+        }
+        let f = (budget as f64 / total).sqrt().min(0.95);
+        sy = (sy * f).max(1.0 / h as f64);
+        sx = (sx * f).max(1.0 / w as f64);
+    }
+}
+
+/// A rendered picture and how it was made.
+#[derive(Debug, Clone)]
+pub struct Picture {
+    /// The image.
+    pub image: RgbImage,
+    /// Its geometry.
+    pub layout: Layout,
+    /// The colormap used (never `Auto`).
+    pub colormap: Colormap,
+    /// Smallest and largest finite value shown (after any downsampling), if any.
+    pub range: Option<(f32, f32)>,
+}
+
+/// Renders a layer (its values and shape) as an RGB image.
+pub fn render_layer(
+    data: &LayerData<'_>,
+    shape: &[usize],
+    opts: &RenderOptions,
+) -> Result<RgbImage> {
+    Ok(render(data, shape, opts)?.image)
+}
+
+/// Renders a candle tensor (copied to the CPU as f32) as an RGB image.
+pub fn render_tensor(t: &Tensor, opts: &RenderOptions) -> Result<RgbImage> {
+    let v = t
+        .to_device(&Device::Cpu)?
+        .flatten_all()?
+        .to_dtype(DType::F32)?
+        .to_vec1::<f32>()?;
+    render_layer(&LayerData::from_f32(v), t.dims(), opts)
+}
+
+/// Like [`render_layer`], also returning the layout, colormap and value range used.
+pub fn render(data: &LayerData<'_>, shape: &[usize], opts: &RenderOptions) -> Result<Picture> {
+    let n = checked_len(shape)?;
+    if n != data.len() {
+        return Err(Error::Invalid(format!(
+            "shape {} has {n} elements but the data has {}",
+            crate::runfile::shape_str(shape),
+            data.len()
+        )));
+    }
+    let layout = layout(shape, opts)?;
+    let (w, h) = (layout.width as u32, layout.height as u32);
+    if layout.kind == LayoutKind::Empty {
+        let cm = opts.colormap.resolve(false);
+        return Ok(Picture {
+            image: RgbImage::from_pixel(w, h, image::Rgb(SEPARATOR)),
+            layout,
+            colormap: cm,
+            range: None,
+        });
+    }
+    // 1. Read each tile, reduced to what the picture shows.
+    let reduced: Vec<Vec<f32>> = (0..layout.tiles)
+        .into_par_iter()
+        .map(|t| reduce_tile(data, &layout, layout.offset + t * layout.tile_len))
+        .collect();
+    // 2. Ranges.
+    let ranges: Vec<Option<(f32, f32)>> = reduced.par_iter().map(|v| finite_range(v)).collect();
+    let range = ranges
+        .iter()
+        .flatten()
+        .copied()
+        .reduce(|a, b| (a.0.min(b.0), a.1.max(b.1)));
+    let signed = range.is_some_and(|r| r.0 < 0.0);
+    let cm = opts.colormap.resolve(signed);
+    let shared = match opts.scale {
+        Scale::Percentile(lo, hi) => percentiles(&reduced, lo, hi),
+        _ => range,
+    };
+    let maps: Vec<Mapping> = ranges
+        .iter()
+        .map(|r| {
+            let own = match opts.scale {
+                Scale::PerChannel => *r,
+                _ => shared,
+            };
+            Mapping::new(cm, own, range)
+        })
+        .collect();
+    // 3. Paint, one band of grid rows per task.
+    let lut = cm.lut();
+    let mut buf = vec![0u8; layout.width * layout.height * 3];
+    let band = (layout.cell_h + layout.separator) * layout.width * 3;
+    buf.par_chunks_mut(band).enumerate().for_each(|(gr, band)| {
+        paint_band(band, gr, &layout, &reduced, &maps, lut);
+    });
+    let image = RgbImage::from_raw(w, h, buf).expect("buffer sized for the picture");
+    Ok(Picture {
+        image,
+        layout,
+        colormap: cm,
+        range,
+    })
+}
+
+/// Values of one tile, reduced by the layout's axes: finite means, NaN where a
+/// non-finite value fell, [`BLANK`] past the end of a folded vector.
+fn reduce_tile(data: &LayerData<'_>, l: &Layout, start: usize) -> Vec<f32> {
+    let (h, w, len) = (l.tile_h, l.tile_w, l.tile_len);
+    let (dy, dx) = (l.y.down, l.x.down);
+    let (rh, rw) = (h.div_ceil(dy), w.div_ceil(dx));
+    let mut out = vec![BLANK; rh * rw];
+    if dy == 1 && dx == 1 {
+        for r in 0..h {
+            let s = r * w;
+            if s >= len {
+                break;
+            }
+            let n = w.min(len - s);
+            let row = &mut out[r * w..r * w + n];
+            data.read_into(start + s, row);
+            for v in row.iter_mut().filter(|v| !v.is_finite()) {
+                *v = f32::NAN;
+            }
+        }
+        return out;
+    }
+    let mut row = vec![0f32; w];
+    let mut sum = vec![0f64; rw];
+    let mut cnt = vec![0u32; rw];
+    let mut bad = vec![false; rw];
+    for ry in 0..rh {
+        sum.fill(0.0);
+        cnt.fill(0);
+        bad.fill(false);
+        for r in ry * dy..((ry + 1) * dy).min(h) {
+            let s = r * w;
+            if s >= len {
+                break;
+            }
+            let n = w.min(len - s);
+            data.read_into(start + s, &mut row[..n]);
+            for (oc, block) in row[..n].chunks(dx).enumerate() {
+                for &v in block {
+                    if v.is_finite() {
+                        sum[oc] += v as f64;
+                        cnt[oc] += 1;
+                    } else {
+                        bad[oc] = true;
+                    }
+                }
+            }
+        }
+        for oc in 0..rw {
+            out[ry * rw + oc] = if bad[oc] {
+                f32::NAN
+            } else if cnt[oc] > 0 {
+                (sum[oc] / cnt[oc] as f64) as f32
+            } else {
+                BLANK
+            };
+        }
+    }
+    out
+}
+
+fn finite_range(v: &[f32]) -> Option<(f32, f32)> {
+    let mut r: Option<(f32, f32)> = None;
+    for &x in v.iter().filter(|x| x.is_finite()) {
+        r = Some(match r {
+            None => (x, x),
+            Some((a, b)) => (a.min(x), b.max(x)),
+        });
+    }
+    r
+}
+
+/// The `lo`-th and `hi`-th percentiles (nearest rank) of the finite values.
+fn percentiles(tiles: &[Vec<f32>], lo: f32, hi: f32) -> Option<(f32, f32)> {
+    let mut all: Vec<f32> = tiles
+        .iter()
+        .flat_map(|t| t.iter().copied().filter(|v| v.is_finite()))
+        .collect();
+    if all.is_empty() {
+        return None;
+    }
+    let rank =
+        |p: f32| ((p as f64 / 100.0 * (all.len() - 1) as f64).round() as usize).min(all.len() - 1);
+    let (ilo, ihi) = (rank(lo), rank(hi));
+    let a = *all.select_nth_unstable_by(ilo, f32::total_cmp).1;
+    let b = *all.select_nth_unstable_by(ihi, f32::total_cmp).1;
+    Some((a, b))
+}
+
+/// Value -> position in the colormap, for one tile.
+#[derive(Debug, Clone, Copy)]
+enum Mapping {
+    /// `(v - lo) * k`, clamped to [0, 1].
+    Linear { lo: f32, k: f32 },
+    /// A constant.
+    Fixed(f32),
+}
+
+impl Mapping {
+    /// `own`: the tile's range; `all`: the range of every shown value (used for a
+    /// constant tile, so it gets the colour it has on the shared scale).
+    fn new(cm: Colormap, own: Option<(f32, f32)>, all: Option<(f32, f32)>) -> Mapping {
+        let Some((lo, hi)) = own else {
+            return Mapping::Fixed(0.5);
+        };
+        if cm.is_diverging() {
+            let m = lo.abs().max(hi.abs());
+            return if m > 0.0 && m.is_finite() {
+                // t = 0.5 + 0.5 v / m
+                Mapping::Linear { lo: -m, k: 0.5 / m }
+            } else {
+                Mapping::Fixed(0.5)
+            };
+        }
+        if hi > lo && (hi - lo).is_finite() {
+            return Mapping::Linear {
+                lo,
+                k: 1.0 / (hi - lo),
+            };
+        }
+        // A constant tile: its place on the shared scale; a constant picture: the
+        // low end for zero (nothing there), the middle for anything else.
+        match all {
+            Some((a, b)) if b > a && (b - a).is_finite() => {
+                Mapping::Fixed(((lo - a) / (b - a)).clamp(0.0, 1.0))
+            }
+            _ => Mapping::Fixed(if lo == 0.0 { 0.0 } else { 0.5 }),
+        }
+    }
+
+    #[inline]
+    fn color(self, v: f32, lut: &[[u8; 3]; colormap::LUT_SIZE]) -> [u8; 3] {
+        if v == BLANK {
+            return SEPARATOR;
+        }
+        if v.is_nan() {
+            return FLAG;
+        }
+        let t = match self {
+            Mapping::Linear { lo, k } => (v - lo) * k,
+            Mapping::Fixed(t) => t,
+        };
+        lut[colormap::lut_index(t)]
+    }
+}
+
+/// Paints grid row `gr` (its cells and the separator below) into `band`.
+fn paint_band(
+    band: &mut [u8],
+    gr: usize,
+    l: &Layout,
+    reduced: &[Vec<f32>],
+    maps: &[Mapping],
+    lut: &[[u8; 3]; colormap::LUT_SIZE],
+) {
+    let stride = l.width * 3;
+    let sep_px = SEPARATOR;
+    for px in band.chunks_exact_mut(3) {
+        px.copy_from_slice(&sep_px);
+    }
+    let rw = l.tile_w.div_ceil(l.x.down);
+    let rh = l.tile_h.div_ceil(l.y.down);
+    let mut line = vec![0u8; l.cell_w * 3];
+    for gc in 0..l.cols {
+        let t = gr * l.cols + gc;
+        if t >= l.tiles {
+            break;
+        }
+        let x0 = gc * (l.cell_w + l.separator) * 3;
+        let (vals, map) = (&reduced[t], maps[t]);
+        for ry in 0..rh {
+            let row = &vals[ry * rw..(ry + 1) * rw];
+            for (rx, &v) in row.iter().enumerate() {
+                let c = map.color(v, lut);
+                let seg = &mut line[rx * l.x.zoom * 3..(rx + 1) * l.x.zoom * 3];
+                for px in seg.chunks_exact_mut(3) {
+                    px.copy_from_slice(&c);
+                }
+            }
+            for k in 0..l.y.zoom {
+                let y = ry * l.y.zoom + k;
+                let o = y * stride + x0;
+                band[o..o + line.len()].copy_from_slice(&line);
+            }
+        }
+    }
+}
+
+/// Encodes an image as PNG (fast compression, adaptive filters).
+pub fn encode_png(img: &RgbImage) -> Result<Vec<u8>> {
+    use image::codecs::png::{CompressionType, FilterType, PngEncoder};
+    use image::ImageEncoder;
+    let mut out = Vec::with_capacity(img.as_raw().len() / 4 + 1024);
+    PngEncoder::new_with_quality(&mut out, CompressionType::Fast, FilterType::Adaptive)
+        .write_image(
+            img.as_raw(),
+            img.width(),
+            img.height(),
+            image::ExtendedColorType::Rgb8,
+        )
+        .map_err(|e| {
+            Error::Invalid(format!(
+                "cannot encode a {}×{} PNG: {e}",
+                img.width(),
+                img.height()
+            ))
+        })?;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts() -> RenderOptions {
+        RenderOptions::default()
+    }
+
+    #[test]
+    fn grids_are_near_square_and_cells_readable() {
+        let l = layout(&[1, 32, 26, 26], &opts()).unwrap();
+        assert_eq!((l.kind, l.rows, l.cols), (LayoutKind::Grid, 6, 6));
+        assert!(l.cell_w >= 64 && l.cell_w < 64 + 26, "{l:?}");
+        assert_eq!(l.width, 6 * l.cell_w + 5);
+        let l = layout(&[2, 3, 4, 5, 6], &opts()).unwrap();
+        assert_eq!((l.kind, l.tiles), (LayoutKind::Grid, 12));
+    }
+
+    #[test]
+    fn shapes_choose_their_layout() {
+        let k = |s: &[usize]| layout(s, &opts()).unwrap().kind;
+        assert_eq!(k(&[]), LayoutKind::Folded);
+        assert_eq!(k(&[7]), LayoutKind::Folded);
+        assert_eq!(k(&[1, 128]), LayoutKind::Folded);
+        assert_eq!(k(&[1, 8, 64]), LayoutKind::Heatmap);
+        assert_eq!(k(&[1, 1, 64]), LayoutKind::Folded);
+        assert_eq!(k(&[1, 20000, 1, 1]), LayoutKind::Folded);
+        assert_eq!(k(&[1, 1, 1, 20000]), LayoutKind::Folded);
+        assert_eq!(k(&[1, 4, 1, 300]), LayoutKind::Heatmap);
+        assert_eq!(k(&[1, 0, 3, 3]), LayoutKind::Empty);
+        assert!(layout(
+            &[2, 3],
+            &RenderOptions {
+                sample: 2,
+                ..opts()
+            }
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn the_pixel_budget_holds() {
+        for shape in [
+            vec![1, 512, 256, 256],
+            vec![1, 100_000_000],
+            vec![1, 2, 20000],
+            vec![1, 3_000_000, 2, 2],
+            vec![1, 1, 5000, 3],
+        ] {
+            for budget in [1000, 40_000, 4_000_000] {
+                let o = RenderOptions {
+                    max_pixels: budget,
+                    ..opts()
+                };
+                let l = layout(&shape, &o).unwrap();
+                assert!(l.width * l.height <= budget, "{shape:?} {budget}: {l:?}");
+                assert!(l.tiles >= 1);
+            }
+        }
+    }
+
+    #[test]
+    fn heatmaps_are_not_slivers() {
+        let l = layout(&[1, 8, 4096], &opts()).unwrap();
+        assert!(
+            l.width as f64 <= MAX_ASPECT * l.height as f64 + l.y.zoom as f64,
+            "{l:?}"
+        );
+    }
+
+    #[test]
+    fn downsampling_averages_and_flags() {
+        // A 1×1×4×4 map reduced 2× each way.
+        let mut v: Vec<f32> = (0..16).map(|i| i as f32).collect();
+        v[15] = f32::NAN;
+        let d = LayerData::from_f32(v);
+        let mut l = layout(&[1, 1, 4, 4], &opts()).unwrap();
+        l.y = Axis { zoom: 1, down: 2 };
+        l.x = Axis { zoom: 1, down: 2 };
+        let r = reduce_tile(&d, &l, 0);
+        assert_eq!(r[0], (0. + 1. + 4. + 5.) / 4.);
+        assert_eq!(r[1], (2. + 3. + 6. + 7.) / 4.);
+        assert!(r[3].is_nan());
+    }
+
+    #[test]
+    fn scales_parse() {
+        assert_eq!(
+            "p1-99".parse::<Scale>().unwrap(),
+            Scale::Percentile(1.0, 99.0)
+        );
+        assert_eq!("shared".parse::<Scale>().unwrap(), Scale::Shared);
+        assert!("p99-1".parse::<Scale>().is_err());
+    }
+}
