@@ -25,7 +25,7 @@ fn main() -> Result<()> {
         let (probs, run) = Recorder::new("mnist-cnn")
             .input(name.clone())
             .tag("label", label.to_string())
-            .record(|| model.predict(&x).map_err(candle_core::Error::wrap))?;
+            .record(|| model.predict(&x))?;
         let pred = probs.argmax(D::Minus1)?.squeeze(0)?.to_scalar::<u32>()?;
         let p = probs.max(D::Minus1)?.squeeze(0)?.to_scalar::<f32>()?;
         let path = run

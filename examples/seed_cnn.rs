@@ -1,21 +1,19 @@
 //! The seed's `CNN` (conv 1→32, conv 32→64, 2×2 max pools, fc 1600→128→10) as a
-//! named sequential container that records every child (`candlelight::models::seed_cnn`).
-//! Random weights from a fixed seed; writes one run and prints where:
+//! named sequential container that records every child
+//! (`candlelight::models::seed_cnn`, for a 1×1×28×28 input). Random weights from
+//! a fixed seed; writes one run and prints where:
 //! `cargo run --release --example seed_cnn -- [RUNS_DIR]` (default `runs`).
 
 use anyhow::Result;
-use candle_core::{DType, Device, Module};
-use candle_nn::{VarBuilder, VarMap};
-use candlelight::models::{reseed, seed_cnn, seeded_uniform};
+use candle_core::{Device, Module};
+use candlelight::models::seed_cnn_seeded;
 use candlelight::Recorder;
 
 fn main() -> Result<()> {
     let dir = std::env::args().nth(1).unwrap_or_else(|| "runs".into());
     let device = Device::Cpu;
-    let varmap = VarMap::new();
-    let model = seed_cnn(VarBuilder::from_varmap(&varmap, DType::F32, &device))?;
-    reseed(&varmap, 42)?;
-    let x = seeded_uniform(&[1, 1, 28, 28], 7, &device)?;
+    let (_varmap, model) = seed_cnn_seeded(42, &device)?;
+    let x = candlelight::models::seeded_uniform(&[1, 1, 28, 28], 7, &device)?;
 
     let (y, run) = Recorder::new("seed-cnn")
         .input("uniform noise 1x1x28x28, seed 7")

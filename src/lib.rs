@@ -40,3 +40,5 @@ pub use values::LayerData;
 
 /// Re-exported so users name dtypes without another dependency.
 pub use candle_core::DType;
+/// The candle crates candlelight is built on (notebooks need only `:dep candlelight`).
+pub use {candle_core, candle_nn};

@@ -8,7 +8,7 @@
 //! order is the file's own (by data offset).
 //!
 //! [`Run::open`] parses the header only and memory-maps the data; a layer is read
-//! when asked for.
+//! when asked for, and only its own pages are read from the disk.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -203,6 +203,13 @@ impl Run {
     }
 
     fn from_map(path: &Path, map: memmap2::Mmap, size: u64) -> Result<Run> {
+        // Fetch the header alone (see `prefetch`): its length, then its bytes.
+        prefetch(&map, 0, 8);
+        if let Some(len) = map.get(..8) {
+            let n = u64::from_le_bytes(len.try_into().expect("8 bytes"));
+            let end = usize::try_from(n).map_or(map.len(), |n| n.saturating_add(8));
+            prefetch(&map, 0, end);
+        }
         let (n, meta) = safetensors::SafeTensors::read_metadata(&map)
             .map_err(|e| Error::bad(path, describe_st_error(e, &map)))?;
         let data_start = 8 + n;
@@ -348,6 +355,12 @@ impl Run {
             .unwrap_or_else(|| PathBuf::from(format!("<run {}>", self.info.id)))
     }
 
+    /// The stored bytes of layer `index` of a mapped run, fetched ahead in one go.
+    fn mapped_bytes(map: &memmap2::Mmap, (start, end): (usize, usize)) -> &[u8] {
+        prefetch(map, start, end);
+        &map[start..end]
+    }
+
     fn index(&self, name: &str) -> Result<usize> {
         self.by_name
             .get(name)
@@ -366,8 +379,8 @@ impl Run {
             .ok_or_else(|| Error::Invalid(format!("layer index {index} out of range")))?;
         match &self.store {
             Store::Mapped { map, ranges } => {
-                let (s, e) = ranges[index];
-                LayerData::from_bytes(Cow::Borrowed(&map[s..e]), info.dtype).map_err(|msg| {
+                let bytes = Run::mapped_bytes(map, ranges[index]);
+                LayerData::from_bytes(Cow::Borrowed(bytes), info.dtype).map_err(|msg| {
                     Error::bad(self.where_(), format!("layer {:?}: {msg}", info.name))
                 })
             }
@@ -400,11 +413,10 @@ impl Run {
             Store::Memory(t) => Ok(t[index].clone()),
             Store::Mapped { map, ranges } => {
                 use candle_core::safetensors::Load;
-                let (s, e) = ranges[index];
                 let view = safetensors::tensor::TensorView::new(
                     info.dtype,
                     info.shape.clone(),
-                    &map[s..e],
+                    Run::mapped_bytes(map, ranges[index]),
                 )
                 .map_err(|e| Error::bad(self.where_(), format!("layer {:?}: {e}", info.name)))?;
                 view.load(&Device::Cpu)
@@ -520,13 +532,13 @@ impl Run {
                     .layers
                     .iter()
                     .zip(ranges)
-                    .map(|(l, &(s, e))| {
+                    .map(|(l, &range)| {
                         (
                             l.name.as_str(),
                             RawView {
                                 dtype: l.dtype,
                                 shape: l.shape.clone(),
-                                data: Cow::Borrowed(&map[s..e]),
+                                data: Cow::Borrowed(Run::mapped_bytes(map, range)),
                             },
                         )
                     })
@@ -535,6 +547,22 @@ impl Run {
             }
         }
     }
+}
+
+/// Asks the kernel to read `start..end` of `map` now, as one request. Without it
+/// the first page fault in a range reads the whole read-ahead window around the
+/// faulting page (8 MB on some disks): opening a run and reading one small layer
+/// would read megabytes of other layers. Best effort; nothing on non-Unix systems.
+fn prefetch(map: &memmap2::Mmap, start: usize, end: usize) {
+    #[cfg(unix)]
+    {
+        let end = end.min(map.len());
+        if start < end {
+            let _ = map.advise_range(memmap2::Advice::WillNeed, start, end - start);
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (map, start, end);
 }
 
 fn index_names(layers: &[LayerInfo]) -> HashMap<String, usize> {

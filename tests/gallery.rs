@@ -487,3 +487,62 @@ fn render_and_demo_have_help() {
         assert!(stdout(&o).contains("--out"), "{sub}");
     }
 }
+
+#[test]
+fn the_index_lists_newest_first_and_ignores_dot_folders_and_bad_thumbnails() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path();
+    let manifest = |run_id: &str, created: &str, thumb: Option<&str>| Manifest {
+        gallery_version: candlelight::gallery::GALLERY_VERSION,
+        renderer_version: candlelight::gallery::RENDERER_VERSION.into(),
+        source: format!("/runs/{run_id}.safetensors").into(),
+        source_size: 1,
+        source_mtime_ns: 1,
+        run_id: run_id.into(),
+        created: created.into(),
+        model: "m".into(),
+        layers: 1,
+        rendered_at: "2026-01-01T00:00:00Z".into(),
+        render_ms: 1,
+        status: "ok".into(),
+        error: None,
+        thumbnail: thumb.map(String::from),
+    };
+    for (dir, m) in [
+        (
+            "old",
+            manifest("old", "2024-01-01T00:00:00Z", Some("thumb.png")),
+        ),
+        (
+            "new",
+            manifest("new", "2026-05-01T00:00:00Z", Some("../../../etc/passwd")),
+        ),
+        (
+            "mid",
+            manifest("mid", "2025-01-01T00:00:00Z", Some("/etc/passwd")),
+        ),
+        (
+            ".tmp-hidden",
+            manifest("hidden", "2027-01-01T00:00:00Z", None),
+        ),
+    ] {
+        std::fs::create_dir(out.join(dir)).unwrap();
+        std::fs::write(
+            out.join(dir).join("manifest.json"),
+            serde_json::to_vec(&m).unwrap(),
+        )
+        .unwrap();
+    }
+    std::fs::write(out.join("old").join("thumb.png"), b"png").unwrap();
+    candlelight::write_index(out).unwrap();
+    let html = unescape(&std::fs::read_to_string(out.join("index.html")).unwrap());
+    let pos = |s: &str| html.find(s).unwrap_or_else(|| panic!("{s} missing"));
+    assert!(pos("new/index.html") < pos("mid/index.html"));
+    assert!(pos("mid/index.html") < pos("old/index.html"));
+    assert!(!html.contains("hidden"));
+    let srcs: Vec<String> = links(&html)
+        .into_iter()
+        .filter(|l| l.ends_with(".png") || l.contains("passwd"))
+        .collect();
+    assert_eq!(srcs, vec!["old/thumb.png".to_string()]);
+}

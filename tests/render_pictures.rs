@@ -328,7 +328,7 @@ fn odd_layers_render_without_panic() {
         let colors: std::collections::HashSet<[u8; 3]> = img.pixels().map(|p| p.0).collect();
         match name {
             "all NaN" => assert_eq!(colors, [FLAG, SEPARATOR].into(), "{name}"),
-            "constant" | "zeros" => {
+            "constant" | "zeros" | "scalar" => {
                 let cells: Vec<_> = colors.iter().filter(|c| **c != SEPARATOR).collect();
                 assert_eq!(cells.len(), 1, "{name}: one colour");
             }

@@ -63,7 +63,7 @@ fn record_demo_runs(runs_dir: &Path) -> Result<(Vec<PathBuf>, String)> {
         let (probs, run) = Recorder::new("mnist-cnn")
             .input(format!("assets/digits/{name}"))
             .tag("label", label.to_string())
-            .record(|| model.predict(&x).map_err(candle_core::Error::wrap))?;
+            .record(|| model.predict(&x))?;
         let pred = probs.argmax(D::Minus1)?.squeeze(0)?.to_scalar::<u32>()?;
         let p = probs.max(D::Minus1)?.squeeze(0)?.to_scalar::<f32>()?;
         correct += (pred == *label as u32) as usize;

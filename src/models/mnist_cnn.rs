@@ -114,9 +114,9 @@ impl MnistCnn {
     }
 
     /// Class probabilities `[N, 10]` (softmax of [`forward`](Self::forward), tapped as `softmax`).
-    pub fn predict(&self, x: &Tensor) -> Result<Tensor> {
+    pub fn predict(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let probs = candle_nn::ops::softmax(&self.forward(x)?, 1)?;
-        Ok(crate::tap_as("softmax", "softmax", &probs)?)
+        crate::tap_as("softmax", "softmax", &probs)
     }
 }
 

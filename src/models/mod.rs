@@ -5,7 +5,7 @@ pub mod mnist_cnn;
 pub mod mnist_data;
 pub mod seed_cnn;
 
-pub use seed_cnn::{seed_cnn, seed_cnn_sized};
+pub use seed_cnn::{seed_cnn, seed_cnn_seeded, seed_cnn_sized};
 
 use candle_core::Tensor;
 use candle_nn::VarMap;

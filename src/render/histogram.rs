@@ -155,10 +155,12 @@ pub fn render_histogram(h: &Histogram, cm: Colormap, width: u32, height: u32) ->
             }
         }
     }
-    // The colour bar: the value at each column, coloured as pictures colour it.
+    // The colour bar: the value at each column, coloured as pictures colour it
+    // (none when there is no finite value).
     let lut = cm.lut();
+    let cols = if h.lo.is_nan() { 0 } else { w };
     let m = h.lo.abs().max(h.hi.abs());
-    for x in 0..w {
+    for x in 0..cols {
         let v = if h.hi > h.lo {
             h.lo + (h.hi - h.lo) * (x as f64 + 0.5) / w as f64
         } else {
