@@ -14,6 +14,7 @@ use candlelight::watch::{Backend, Policy, Stopper, Watch, WatchOptions};
 #[derive(Debug, Args)]
 pub struct WatchArgs {
     /// Folder the run files arrive in (watched non-recursively).
+    #[arg(value_name = "RUNS_DIR")]
     pub runs: PathBuf,
     /// Folder of the galleries (created if missing).
     #[arg(long, default_value = "galleries")]
