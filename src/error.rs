@@ -21,6 +21,9 @@ pub enum Error {
     /// An image file that cannot be used as model input.
     #[error("{}: {msg}", path.display())]
     Image { path: PathBuf, msg: String },
+    /// A folder that cannot be watched (or whose output folder is in use).
+    #[error("{}: {msg}", path.display())]
+    Watch { path: PathBuf, msg: String },
     /// Bad arguments or options (glob patterns, name maps, ...).
     #[error("{0}")]
     Invalid(String),

@@ -31,6 +31,7 @@ pub mod render;
 pub mod runfile;
 pub mod stats;
 pub mod values;
+pub mod watch;
 
 pub use diff::{diff, DiffOptions, LayerDiff, NameMap, RunDiff, Status};
 pub use diff_gallery::write_diff_gallery;

@@ -10,6 +10,7 @@ use candlelight::{LayerInfo, Run, Stats};
 mod demo;
 mod diff;
 mod render;
+mod watch;
 
 /// See inside candle models: record, render, watch and compare runs.
 #[derive(Debug, Parser)]
@@ -40,6 +41,8 @@ pub enum Command {
     Render(render::RenderArgs),
     /// Record the bundled model on sample inputs into runs/ and render galleries/.
     Demo(demo::DemoArgs),
+    /// Watch a folder: every run file dropped into it becomes a gallery.
+    Watch(watch::WatchArgs),
 }
 
 /// Runs the parsed command; `Ok(code)` is the process exit code.
@@ -50,6 +53,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Diff(args) => diff::run(args),
         Command::Render(args) => render::render(args),
         Command::Demo(args) => demo::demo(args),
+        Command::Watch(args) => watch::watch(args),
     }
 }
 

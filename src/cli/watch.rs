@@ -1,0 +1,125 @@
+//! `candlelight watch RUNS_DIR [--out DIR]`: the daemon that renders new runs.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::Args;
+
+use candlelight::watch::{Backend, Policy, Stopper, Watch, WatchOptions};
+
+/// Options of `candlelight watch`.
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    /// Folder the run files arrive in (watched non-recursively).
+    #[arg(value_name = "RUNS_DIR")]
+    pub runs: PathBuf,
+    /// Folder of the galleries (created if missing).
+    #[arg(long, default_value = "galleries")]
+    pub out: PathBuf,
+    /// Render what is pending and exit: 0 if all rendered, 1 if any failed.
+    #[arg(long)]
+    pub once: bool,
+    /// Poll the folder instead of using file events (NFS, SMB, Docker bind mounts
+    /// on macOS/Windows).
+    #[arg(long)]
+    pub poll: bool,
+    /// Polling period with --poll, in milliseconds.
+    #[arg(long, default_value_t = 1000, value_name = "MS")]
+    pub poll_interval_ms: u64,
+    /// Render threads [default: the number of cores].
+    #[arg(long, short = 'j', value_name = "N")]
+    pub jobs: Option<usize>,
+    /// Remove the gallery of a run file that is deleted.
+    #[arg(long)]
+    pub prune: bool,
+    /// Rescan the whole folder this often, as a safety net for lost events (0: never).
+    #[arg(long, default_value_t = 30, value_name = "SECS")]
+    pub rescan_secs: u64,
+    /// Quiet time before acting on a file event, in milliseconds.
+    #[arg(long, default_value_t = 100, value_name = "MS")]
+    pub debounce_ms: u64,
+}
+
+/// Logs to stderr through `tracing`, filtered by `RUST_LOG` (default `info`).
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// SIGINT / SIGTERM stop the daemon gracefully; a second one exits at once.
+fn on_signals(stopper: Stopper) -> Result<()> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let again = Arc::new(AtomicBool::new(false));
+    for sig in [SIGINT, SIGTERM] {
+        // Registered first: runs before the flag below is set by this signal.
+        signal_hook::flag::register_conditional_shutdown(sig, 1, Arc::clone(&again))
+            .context("cannot install signal handlers")?;
+    }
+    #[cfg(unix)]
+    {
+        let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
+            .context("cannot install signal handlers")?;
+        std::thread::Builder::new()
+            .name("signals".into())
+            .spawn(move || {
+                if signals.forever().next().is_some() {
+                    again.store(true, Ordering::SeqCst);
+                    stopper.stop();
+                }
+            })
+            .context("cannot start the signal thread")?;
+    }
+    #[cfg(not(unix))]
+    {
+        let flag = Arc::new(AtomicBool::new(false));
+        for sig in [SIGINT, SIGTERM] {
+            signal_hook::flag::register(sig, Arc::clone(&flag))
+                .context("cannot install signal handlers")?;
+        }
+        std::thread::spawn(move || {
+            while !flag.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            again.store(true, Ordering::SeqCst);
+            stopper.stop();
+        });
+    }
+    Ok(())
+}
+
+/// Runs the daemon; the exit code is 0, or 1 when `--once` met a failure.
+pub fn watch(args: WatchArgs) -> Result<i32> {
+    init_logging();
+    let mut opts = WatchOptions::new(&args.runs, &args.out);
+    if let Some(j) = args.jobs {
+        anyhow::ensure!(j > 0, "--jobs must be at least 1");
+        opts.jobs = j;
+    }
+    opts.once = args.once;
+    if args.poll {
+        anyhow::ensure!(
+            args.poll_interval_ms > 0,
+            "--poll-interval-ms must be at least 1"
+        );
+        opts.backend = Backend::Poll {
+            interval: Duration::from_millis(args.poll_interval_ms),
+        };
+    }
+    opts.rescan = (args.rescan_secs > 0).then(|| Duration::from_secs(args.rescan_secs));
+    opts.debounce = Duration::from_millis(args.debounce_ms);
+    opts.policy = Policy {
+        prune: args.prune,
+        ..Policy::default()
+    };
+    let daemon = Watch::new(opts);
+    on_signals(daemon.stopper())?;
+    let summary = daemon.run()?;
+    Ok(if args.once && !summary.all_ok() { 1 } else { 0 })
+}

@@ -1,0 +1,581 @@
+//! The decision, without a file system: given what was observed about run files and
+//! their galleries, and what the workers reported, which runs need work now.
+//!
+//! [`Planner`] is a small state machine keyed by gallery name. A run is *busy* (one
+//! task queued or running: never a second one at once) or *waiting* (an attempt
+//! failed; retry when its timer is due), or absent (nothing to do). Everything it
+//! needs comes in as plain data ([`Observation`], [`Outcome`], the current
+//! [`Instant`]), so the tests below drive it directly.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// Size and modification time of a run file: what tells one version from the next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Facts {
+    pub size: u64,
+    pub mtime_ns: u128,
+}
+
+/// What the shell saw when it looked at one run file and its gallery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Observation {
+    /// Gallery name (the key: one task per gallery at a time).
+    pub id: String,
+    /// The run file.
+    pub path: PathBuf,
+    /// The run file's facts; `None` when there is no run file at `path`.
+    pub source: Option<Facts>,
+    /// The gallery's manifest matches `source` and the current renderer.
+    pub up_to_date: bool,
+    /// A gallery made from `path` exists.
+    pub has_gallery: bool,
+}
+
+/// Work for the pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Job {
+    /// Render the run file into its gallery.
+    Render,
+    /// Give up: write an error page for the run, if it still has `facts`.
+    ErrorPage {
+        facts: Option<Facts>,
+        message: String,
+    },
+    /// Remove the gallery of a run file that is gone.
+    Prune,
+}
+
+/// One task for the worker pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Task {
+    pub id: String,
+    pub path: PathBuf,
+    pub job: Job,
+}
+
+/// What the planner asks the shell to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Queue a task.
+    Start(Task),
+    /// Look at the run file again and feed back an [`Observation`].
+    Recheck { id: String, path: PathBuf },
+}
+
+/// How a task ended, as the worker reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The gallery was written.
+    Rendered,
+    /// The error page was written.
+    ErrorPage,
+    /// The gallery was removed.
+    Pruned,
+    /// The run file was not there (any more).
+    Vanished,
+    /// The run file changed while the task ran; its result may be stale.
+    Changed,
+    /// The run could not be rendered (or its error page/prune could not be written);
+    /// `facts` are the run file's facts the attempt saw.
+    Failed {
+        facts: Option<Facts>,
+        message: String,
+    },
+}
+
+/// How the planner retries and what it does with deleted runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    /// Waits before each retry of a run that failed. After `retry_delays.len() + 1`
+    /// failures on an unchanged file the run gets an error page; a file that changes
+    /// between attempts (still arriving) starts the count again. The first delay is
+    /// also the quiet time after a file changed under a task.
+    pub retry_delays: Vec<Duration>,
+    /// Remove the galleries of deleted run files.
+    pub prune: bool,
+}
+
+impl Default for Policy {
+    /// Retries after 250 ms, 500 ms and 1 s (error page ~1.75 s after the last
+    /// change); no pruning.
+    fn default() -> Self {
+        Policy {
+            retry_delays: vec![
+                Duration::from_millis(250),
+                Duration::from_millis(500),
+                Duration::from_millis(1000),
+            ],
+            prune: false,
+        }
+    }
+}
+
+impl Policy {
+    /// The wait after the `failures`-th failure in a row (1-based).
+    fn delay(&self, failures: usize) -> Duration {
+        let d = &self.retry_delays;
+        d.get(failures.saturating_sub(1))
+            .or(d.last())
+            .copied()
+            .unwrap_or_default()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Render,
+    ErrorPage,
+    Prune,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum State {
+    /// One task queued or running; `dirty`: something was seen meanwhile.
+    Busy { kind: Kind, dirty: bool },
+    /// The last attempt failed; try again at `due`.
+    Waiting { due: Instant },
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    path: PathBuf,
+    state: State,
+    /// Failed attempts in a row on `failed_facts`.
+    failures: usize,
+    failed_facts: Option<Facts>,
+    message: String,
+}
+
+/// The watch daemon's decisions; see the module docs.
+#[derive(Debug, Clone, Default)]
+pub struct Planner {
+    policy: Policy,
+    runs: HashMap<String, Entry>,
+}
+
+impl Planner {
+    /// A planner with nothing pending.
+    pub fn new(policy: Policy) -> Self {
+        Planner {
+            policy,
+            runs: HashMap::new(),
+        }
+    }
+
+    /// Nothing queued, running or waiting.
+    pub fn is_idle(&self) -> bool {
+        self.runs.is_empty()
+    }
+
+    /// Runs with a task queued or running.
+    pub fn busy(&self) -> usize {
+        self.runs
+            .values()
+            .filter(|e| matches!(e.state, State::Busy { .. }))
+            .count()
+    }
+
+    /// When the next waiting run is due, if any.
+    pub fn next_due(&self) -> Option<Instant> {
+        self.runs
+            .values()
+            .filter_map(|e| match e.state {
+                State::Waiting { due } => Some(due),
+                State::Busy { .. } => None,
+            })
+            .min()
+    }
+
+    fn start(&mut self, id: &str, path: PathBuf, kind: Kind, job: Job) -> Action {
+        let e = self.runs.entry(id.to_string()).or_insert_with(|| Entry {
+            path: path.clone(),
+            state: State::Busy { kind, dirty: false },
+            failures: 0,
+            failed_facts: None,
+            message: String::new(),
+        });
+        e.path = path.clone();
+        e.state = State::Busy { kind, dirty: false };
+        Action::Start(Task {
+            id: id.to_string(),
+            path,
+            job,
+        })
+    }
+
+    /// Something was seen about one run (an event, a scan, a recheck).
+    pub fn observe(&mut self, o: Observation, now: Instant) -> Vec<Action> {
+        if let Some(e) = self.runs.get_mut(&o.id) {
+            match &mut e.state {
+                State::Busy { dirty, .. } => {
+                    // Never a second task at once: look again when this one ends.
+                    *dirty = true;
+                    return vec![];
+                }
+                State::Waiting { due } => {
+                    if o.source.is_some() {
+                        if o.source != e.failed_facts {
+                            // Still arriving: start counting again after a quiet time.
+                            e.failures = 0;
+                            *due = now + self.policy.delay(1);
+                        }
+                        return vec![];
+                    }
+                    // Gone while waiting: forget it, then treat it as any deleted run.
+                    self.runs.remove(&o.id);
+                }
+            }
+        }
+        match o.source {
+            Some(_) if !o.up_to_date => vec![self.start(&o.id, o.path, Kind::Render, Job::Render)],
+            None if o.has_gallery && self.policy.prune => {
+                vec![self.start(&o.id, o.path, Kind::Prune, Job::Prune)]
+            }
+            _ => vec![],
+        }
+    }
+
+    /// A task ended.
+    pub fn done(&mut self, id: &str, outcome: Outcome, now: Instant) -> Vec<Action> {
+        let Some(e) = self.runs.get_mut(id) else {
+            return vec![];
+        };
+        let State::Busy { kind, dirty } = e.state else {
+            return vec![];
+        };
+        let path = e.path.clone();
+        let recheck = Action::Recheck {
+            id: id.to_string(),
+            path: path.clone(),
+        };
+        match outcome {
+            Outcome::Rendered | Outcome::ErrorPage | Outcome::Pruned => {
+                self.runs.remove(id);
+                if dirty {
+                    vec![recheck]
+                } else {
+                    vec![]
+                }
+            }
+            // Gone: look once more (a deleted run may need pruning).
+            Outcome::Vanished => {
+                self.runs.remove(id);
+                vec![recheck]
+            }
+            Outcome::Changed => {
+                e.failures = 0;
+                e.state = State::Waiting {
+                    due: now + self.policy.delay(1),
+                };
+                vec![]
+            }
+            Outcome::Failed { facts, message } => {
+                if kind != Kind::Render {
+                    // The error page or prune itself failed (the shell logged why):
+                    // give up until the run file changes again.
+                    self.runs.remove(id);
+                    return if dirty { vec![recheck] } else { vec![] };
+                }
+                if e.failures > 0 && facts == e.failed_facts {
+                    e.failures += 1;
+                } else {
+                    e.failures = 1;
+                    e.failed_facts = facts;
+                }
+                e.message = message;
+                if e.failures > self.policy.retry_delays.len() && !dirty {
+                    let job = Job::ErrorPage {
+                        facts: e.failed_facts,
+                        message: e.message.clone(),
+                    };
+                    vec![self.start(id, path, Kind::ErrorPage, job)]
+                } else {
+                    let due = now + self.policy.delay(e.failures);
+                    e.state = State::Waiting { due };
+                    vec![]
+                }
+            }
+        }
+    }
+
+    /// Time passed: start the waiting runs that are due, oldest due first.
+    pub fn tick(&mut self, now: Instant) -> Vec<Action> {
+        let mut due: Vec<(Instant, String, PathBuf)> = self
+            .runs
+            .iter()
+            .filter_map(|(id, e)| match e.state {
+                State::Waiting { due } if due <= now => Some((due, id.clone(), e.path.clone())),
+                _ => None,
+            })
+            .collect();
+        due.sort();
+        due.into_iter()
+            .map(|(_, id, path)| self.start(&id, path, Kind::Render, Job::Render))
+            .collect()
+    }
+
+    /// How many failed attempts in a row the run has had (0 if none or not tracked).
+    pub fn failures(&self, id: &str) -> usize {
+        self.runs.get(id).map_or(0, |e| e.failures)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    fn facts(size: u64) -> Option<Facts> {
+        Some(Facts {
+            size,
+            mtime_ns: 1_000 + size as u128,
+        })
+    }
+
+    fn seen(id: &str, source: Option<Facts>, up_to_date: bool) -> Observation {
+        Observation {
+            id: id.into(),
+            path: PathBuf::from(format!("runs/{id}.safetensors")),
+            source,
+            up_to_date,
+            has_gallery: up_to_date,
+        }
+    }
+
+    fn render(id: &str) -> Action {
+        Action::Start(Task {
+            id: id.into(),
+            path: PathBuf::from(format!("runs/{id}.safetensors")),
+            job: Job::Render,
+        })
+    }
+
+    fn failed(size: u64) -> Outcome {
+        Outcome::Failed {
+            facts: facts(size),
+            message: format!("truncated at {size}"),
+        }
+    }
+
+    #[test]
+    fn new_and_changed_runs_are_rendered_finished_ones_skipped() {
+        let t = Instant::now();
+        let mut p = Planner::default();
+        assert_eq!(p.observe(seen("a", facts(10), false), t), vec![render("a")]);
+        assert_eq!(p.observe(seen("b", facts(10), true), t), vec![]);
+        assert_eq!(p.observe(seen("c", None, false), t), vec![]);
+        assert_eq!(p.busy(), 1);
+        assert_eq!(p.done("a", Outcome::Rendered, t), vec![]);
+        assert!(p.is_idle());
+        // The same run changed later: rendered again.
+        assert_eq!(p.observe(seen("a", facts(11), false), t), vec![render("a")]);
+    }
+
+    #[test]
+    fn a_busy_run_is_never_started_twice_and_is_rechecked_once_after() {
+        let t = Instant::now();
+        let mut p = Planner::default();
+        assert_eq!(p.observe(seen("a", facts(10), false), t).len(), 1);
+        for size in [10, 11, 12] {
+            assert_eq!(p.observe(seen("a", facts(size), false), t), vec![]);
+        }
+        assert_eq!(
+            p.done("a", Outcome::Rendered, t),
+            vec![Action::Recheck {
+                id: "a".into(),
+                path: "runs/a.safetensors".into()
+            }]
+        );
+        // The recheck shows it up to date: nothing more.
+        assert_eq!(p.observe(seen("a", facts(12), true), t), vec![]);
+        assert!(p.is_idle());
+    }
+
+    #[test]
+    fn a_stable_broken_file_gets_an_error_page_after_the_retries() {
+        let t = Instant::now();
+        let mut p = Planner::default();
+        let mut now = t;
+        assert_eq!(p.observe(seen("x", facts(5), false), now).len(), 1);
+        for (attempt, wait) in [250u64, 500, 1000].into_iter().enumerate() {
+            assert_eq!(p.done("x", failed(5), now), vec![], "attempt {attempt}");
+            assert_eq!(p.next_due(), Some(now + ms(wait)));
+            // Not yet due: nothing.
+            assert_eq!(p.tick(now + ms(wait - 1)), vec![]);
+            now += ms(wait);
+            assert_eq!(p.tick(now), vec![render("x")]);
+        }
+        let actions = p.done("x", failed(5), now);
+        assert_eq!(
+            actions,
+            vec![Action::Start(Task {
+                id: "x".into(),
+                path: "runs/x.safetensors".into(),
+                job: Job::ErrorPage {
+                    facts: facts(5),
+                    message: "truncated at 5".into()
+                }
+            })]
+        );
+        assert_eq!(p.done("x", Outcome::ErrorPage, now), vec![]);
+        assert!(p.is_idle());
+        // The error page is up to date for these facts: no more attempts.
+        assert_eq!(p.observe(seen("x", facts(5), true), now), vec![]);
+    }
+
+    #[test]
+    fn a_growing_file_restarts_the_count_and_never_gets_an_error_page() {
+        let t = Instant::now();
+        let mut p = Planner::default();
+        let mut now = t;
+        p.observe(seen("g", facts(1), false), now);
+        // Each attempt sees a bigger file: always the first failure.
+        for size in 1..50 {
+            let actions = p.done("g", failed(size), now);
+            assert!(
+                actions.iter().all(|a| matches!(
+                    a,
+                    Action::Start(Task {
+                        job: Job::Render,
+                        ..
+                    })
+                )),
+                "{actions:?}"
+            );
+            assert_eq!(p.failures("g"), 1);
+            now += ms(250);
+            assert_eq!(p.tick(now), vec![render("g")]);
+        }
+        assert_eq!(p.done("g", Outcome::Rendered, now), vec![]);
+        assert!(p.is_idle());
+    }
+
+    #[test]
+    fn an_event_while_waiting_resets_the_count_and_delays_the_retry() {
+        let t = Instant::now();
+        let mut p = Planner::default();
+        p.observe(seen("g", facts(1), false), t);
+        p.done("g", failed(1), t);
+        p.tick(t + ms(250));
+        p.done("g", failed(1), t + ms(250));
+        assert_eq!(p.failures("g"), 2);
+        // The same facts again (a duplicate event): the timer is kept.
+        assert_eq!(p.observe(seen("g", facts(1), false), t + ms(300)), vec![]);
+        assert_eq!(p.next_due(), Some(t + ms(750)));
+        // It grew: the count restarts, the retry waits for a quiet time.
+        assert_eq!(p.observe(seen("g", facts(2), false), t + ms(400)), vec![]);
+        assert_eq!(p.failures("g"), 0);
+        assert_eq!(p.next_due(), Some(t + ms(650)));
+    }
+
+    #[test]
+    fn no_error_page_when_the_file_changed_during_the_last_attempt() {
+        let t = Instant::now();
+        let mut p = Planner::new(Policy {
+            retry_delays: vec![ms(10)],
+            prune: false,
+        });
+        p.observe(seen("x", facts(5), false), t);
+        p.done("x", failed(5), t);
+        p.tick(t + ms(10));
+        // An event arrives during the second attempt.
+        p.observe(seen("x", facts(6), false), t + ms(11));
+        assert_eq!(p.done("x", failed(5), t + ms(12)), vec![]);
+        assert_eq!(p.next_due(), Some(t + ms(22)));
+    }
+
+    #[test]
+    fn a_change_under_a_render_waits_then_renders_again() {
+        let t = Instant::now();
+        let mut p = Planner::default();
+        p.observe(seen("a", facts(1), false), t);
+        assert_eq!(p.done("a", Outcome::Changed, t), vec![]);
+        assert_eq!(p.tick(t + ms(250)), vec![render("a")]);
+    }
+
+    #[test]
+    fn deleted_runs_keep_their_gallery_unless_pruning() {
+        let t = Instant::now();
+        let gone = Observation {
+            id: "d".into(),
+            path: "runs/d.safetensors".into(),
+            source: None,
+            up_to_date: false,
+            has_gallery: true,
+        };
+        let mut keep = Planner::default();
+        assert_eq!(keep.observe(gone.clone(), t), vec![]);
+        let mut prune = Planner::new(Policy {
+            prune: true,
+            ..Policy::default()
+        });
+        assert_eq!(
+            prune.observe(gone.clone(), t),
+            vec![Action::Start(Task {
+                id: "d".into(),
+                path: "runs/d.safetensors".into(),
+                job: Job::Prune
+            })]
+        );
+        assert_eq!(prune.done("d", Outcome::Pruned, t), vec![]);
+        // Without a gallery there is nothing to prune.
+        let no_gallery = Observation {
+            has_gallery: false,
+            ..gone
+        };
+        assert_eq!(prune.observe(no_gallery, t), vec![]);
+    }
+
+    #[test]
+    fn a_run_deleted_while_waiting_is_forgotten() {
+        let t = Instant::now();
+        let mut p = Planner::default();
+        p.observe(seen("x", facts(5), false), t);
+        p.done("x", failed(5), t);
+        assert_eq!(p.observe(seen("x", None, false), t), vec![]);
+        assert!(p.is_idle());
+        assert_eq!(p.tick(t + Duration::from_secs(5)), vec![]);
+    }
+
+    #[test]
+    fn vanished_runs_are_rechecked_and_failed_error_pages_give_up() {
+        let t = Instant::now();
+        let mut p = Planner::new(Policy {
+            retry_delays: vec![],
+            prune: false,
+        });
+        p.observe(seen("v", facts(1), false), t);
+        assert_eq!(
+            p.done("v", Outcome::Vanished, t),
+            vec![Action::Recheck {
+                id: "v".into(),
+                path: "runs/v.safetensors".into()
+            }]
+        );
+        // No retries configured: the first failure writes the error page; if that
+        // fails too, the planner gives up.
+        p.observe(seen("e", facts(1), false), t);
+        let a = p.done("e", failed(1), t);
+        assert!(matches!(
+            &a[..],
+            [Action::Start(Task {
+                job: Job::ErrorPage { .. },
+                ..
+            })]
+        ));
+        assert_eq!(p.done("e", failed(1), t), vec![]);
+        assert!(p.is_idle());
+    }
+
+    #[test]
+    fn unknown_completions_are_ignored() {
+        let mut p = Planner::default();
+        assert_eq!(p.done("nobody", Outcome::Rendered, Instant::now()), vec![]);
+        assert!(p.is_idle());
+    }
+}

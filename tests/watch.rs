@@ -1,0 +1,594 @@
+//! `candlelight watch` end to end: the real binary as a child process, real files,
+//! deadlines (polling the file system) instead of sleeps.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use candle_core::{Device, Tensor};
+use candlelight::gallery::{read_manifest, Manifest};
+use candlelight::Run;
+
+mod common;
+use common::{cl, list_files, stderr};
+
+/// Generous: CI boxes are small and busy.
+const DEADLINE: Duration = Duration::from_secs(90);
+
+/// A running `candlelight watch` whose stderr is collected.
+struct Daemon {
+    child: Child,
+    log: Arc<Mutex<String>>,
+    out: PathBuf,
+}
+
+impl Daemon {
+    fn start(runs: &Path, out: &Path, extra: &[&str]) -> Daemon {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_candlelight"))
+            .arg("watch")
+            .arg(runs)
+            .arg("--out")
+            .arg(out)
+            .args(extra)
+            .env("RUST_LOG", "info,candlelight=debug")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start candlelight watch");
+        let log = Arc::new(Mutex::new(String::new()));
+        let err = child.stderr.take().unwrap();
+        let sink = Arc::clone(&log);
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines() {
+                let Ok(line) = line else { break };
+                let mut l = sink.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        let d = Daemon {
+            child,
+            log,
+            out: out.to_path_buf(),
+        };
+        // Ready once the catch-up scan is logged (the watcher is started before it).
+        d.wait("the catch-up scan", || d.log().contains("catch-up:"));
+        d
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Waits until `cond` holds, failing with the log and the files after `DEADLINE`.
+    fn wait(&self, what: &str, mut cond: impl FnMut() -> bool) {
+        let end = Instant::now() + DEADLINE;
+        while !cond() {
+            if Instant::now() > end {
+                panic!(
+                    "timed out waiting for {what}\n--- log\n{}\n--- files\n{}",
+                    self.log(),
+                    list_files(&self.out)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .expect("run kill")
+            .success();
+        assert!(ok, "kill {sig} failed");
+    }
+
+    /// Waits up to `limit` for the exit code.
+    fn exit_within(&mut self, limit: Duration) -> Option<i32> {
+        let end = Instant::now() + limit;
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st.code();
+            }
+            if Instant::now() > end {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// SIGTERM, then the exit code (must come within the deadline).
+    fn stop(mut self) -> (Option<i32>, String) {
+        self.signal("-TERM");
+        let code = self.exit_within(DEADLINE);
+        // Let the reader thread drain the pipe.
+        let end = Instant::now() + Duration::from_secs(5);
+        while !self.log().contains("done:") && Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        (code, self.log())
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A small run; `seed` changes its values and `layers` its size.
+fn tiny(seed: usize, layers: usize) -> Run {
+    let entries = (0..layers).map(|i| {
+        let t = Tensor::arange(0f32, 24., &Device::Cpu)
+            .unwrap()
+            .reshape((1, 2, 3, 4))
+            .unwrap();
+        let t = ((t - 10.0).unwrap() * (seed as f64 + i as f64 + 1.0)).unwrap();
+        (format!("layer{i}"), t)
+    });
+    Run::from_named_tensors("tiny", entries)
+}
+
+/// The bytes of a run file.
+fn run_bytes(run: &Run) -> Vec<u8> {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("x.safetensors");
+    run.write_to(&p).unwrap();
+    std::fs::read(p).unwrap()
+}
+
+/// Writes `runs/<stem>.safetensors` atomically (dot temp file, then rename).
+fn put(runs: &Path, stem: &str, bytes: &[u8]) -> PathBuf {
+    let target = runs.join(format!("{stem}.safetensors"));
+    candlelight::runfile::write_atomic(&target, bytes).unwrap();
+    target
+}
+
+fn manifest(out: &Path, stem: &str) -> Option<Manifest> {
+    read_manifest(&out.join(stem))
+}
+
+fn rendered_ok(out: &Path, stem: &str) -> bool {
+    manifest(out, stem).is_some_and(|m| m.status == "ok")
+        && out.join(stem).join("index.html").exists()
+}
+
+/// Every gallery folder is whole (manifest + index), and no temp folder is left.
+fn assert_no_half_gallery(out: &Path) {
+    for e in std::fs::read_dir(out).unwrap().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !e.file_type().unwrap().is_dir() {
+            continue;
+        }
+        assert!(
+            !name.starts_with('.'),
+            "temp folder {name} left\n{}",
+            list_files(out)
+        );
+        let dir = e.path();
+        assert!(
+            read_manifest(&dir).is_some() && dir.join("index.html").exists(),
+            "half gallery {name}\n{}",
+            list_files(out)
+        );
+    }
+}
+
+/// `out/index.html` lists the gallery `name` (a link whose text is the name).
+fn index_lists(out: &Path, name: &str) -> bool {
+    std::fs::read_to_string(out.join("index.html"))
+        .is_ok_and(|i| i.contains(&format!(">{name}</a>")))
+}
+
+/// Galleries in `out` (non-dot folders with a manifest).
+fn galleries(out: &Path) -> usize {
+    std::fs::read_dir(out)
+        .map(|rd| {
+            rd.flatten()
+                .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+                .filter(|e| read_manifest(&e.path()).is_some())
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// Per run id, how many renders the log shows; panics if two overlap.
+fn renders_without_overlap(log: &str) -> HashMap<String, usize> {
+    let mut open: HashMap<String, bool> = HashMap::new();
+    let mut count: HashMap<String, usize> = HashMap::new();
+    for line in log.lines() {
+        if let Some(rest) = line.split("rendering ").nth(1) {
+            let id = rest.split_whitespace().next().unwrap().to_string();
+            let was = open.insert(id.clone(), true);
+            assert_ne!(was, Some(true), "{id} rendered twice at once:\n{log}");
+            *count.entry(id).or_default() += 1;
+        } else if let Some(rest) = line.split("rendered ").nth(1) {
+            let id = rest.split_whitespace().next().unwrap().to_string();
+            let was = open.insert(id.clone(), false);
+            assert_eq!(was, Some(true), "{id} ended without a start:\n{log}");
+        }
+    }
+    count
+}
+
+#[test]
+fn five_runs_written_atomically_become_five_galleries() {
+    let runs = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let d = Daemon::start(runs.path(), out.path(), &[]);
+    for i in 0..5 {
+        put(runs.path(), &format!("run{i}"), &run_bytes(&tiny(i, 3)));
+    }
+    d.wait("5 galleries", || {
+        (0..5).all(|i| rendered_ok(out.path(), &format!("run{i}")))
+    });
+    d.wait("the index to list them", || {
+        (0..5).all(|i| index_lists(out.path(), &format!("run{i}")))
+    });
+    let m = manifest(out.path(), "run0").unwrap();
+    assert_eq!(m.layers, 3);
+    assert_eq!(
+        m.source_size,
+        std::fs::metadata(runs.path().join("run0.safetensors"))
+            .unwrap()
+            .len()
+    );
+    let (code, log) = d.stop();
+    assert_eq!(code, Some(0), "{log}");
+    assert_no_half_gallery(out.path());
+    let counts = renders_without_overlap(&log);
+    assert_eq!(counts.len(), 5, "{log}");
+    assert!(log
+        .lines()
+        .filter(|l| l.contains("rendered run"))
+        .all(|l| l.contains(" ms")));
+}
+
+#[test]
+fn a_run_written_slowly_in_place_is_rendered_once_complete_never_an_error_page() {
+    let runs = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let d = Daemon::start(runs.path(), out.path(), &[]);
+    let bytes = run_bytes(&tiny(7, 40));
+    let path = runs.path().join("slow.safetensors");
+    let mut f = std::fs::File::create(&path).unwrap();
+    let pieces = 12;
+    let step = bytes.len().div_ceil(pieces);
+    for chunk in bytes.chunks(step) {
+        f.write_all(chunk).unwrap();
+        f.flush().unwrap();
+        // The producer's own pace (this is the scenario, not a wait for a result).
+        std::thread::sleep(Duration::from_millis(150));
+        assert!(
+            manifest(out.path(), "slow").is_none_or(|m| m.status == "ok"),
+            "error page while the file was arriving\n{}",
+            d.log()
+        );
+    }
+    drop(f);
+    d.wait("the slow run's gallery", || {
+        let m = manifest(out.path(), "slow");
+        assert!(
+            m.as_ref().is_none_or(|m| m.status == "ok"),
+            "error page\n{}",
+            d.log()
+        );
+        m.is_some_and(|m| m.source_size == bytes.len() as u64)
+    });
+    assert_eq!(manifest(out.path(), "slow").unwrap().layers, 40);
+    let (code, log) = d.stop();
+    assert_eq!(code, Some(0));
+    assert!(!log.contains("ERROR"), "{log}");
+    renders_without_overlap(&log);
+}
+
+#[test]
+fn a_burst_of_300_runs_gives_300_galleries_none_rendered_twice_at_once() {
+    let runs = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let d = Daemon::start(runs.path(), out.path(), &[]);
+    let bytes: Vec<Vec<u8>> = (0..300).map(|i| run_bytes(&tiny(i, 2))).collect();
+    for (i, b) in bytes.iter().enumerate() {
+        put(runs.path(), &format!("burst{i:03}"), b);
+    }
+    d.wait("300 galleries", || galleries(out.path()) == 300);
+    for i in 0..300 {
+        assert!(
+            rendered_ok(out.path(), &format!("burst{i:03}")),
+            "burst{i:03}"
+        );
+    }
+    let (code, log) = d.stop();
+    assert_eq!(code, Some(0));
+    let counts = renders_without_overlap(&log);
+    assert_eq!(counts.len(), 300);
+    // Written once each, atomically: rendered exactly once each.
+    assert!(counts.values().all(|&n| n == 1), "{counts:?}");
+    assert_no_half_gallery(out.path());
+    for i in 0..300 {
+        assert!(
+            index_lists(out.path(), &format!("burst{i:03}")),
+            "burst{i:03} not in the index"
+        );
+    }
+}
+
+#[test]
+fn a_malformed_file_gets_an_error_page_and_the_others_are_rendered() {
+    let runs = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let d = Daemon::start(runs.path(), out.path(), &[]);
+    for i in 0..2 {
+        put(runs.path(), &format!("good{i}"), &run_bytes(&tiny(i, 2)));
+    }
+    put(
+        runs.path(),
+        "bad<x>",
+        b"\x10\0\0\0\0\0\0\0{\"a\": <oops>}xx",
+    );
+    for i in 2..4 {
+        put(runs.path(), &format!("good{i}"), &run_bytes(&tiny(i, 2)));
+    }
+    d.wait("the error page", || {
+        manifest(out.path(), "bad-x-").is_some()
+    });
+    let m = manifest(out.path(), "bad-x-").unwrap();
+    assert_eq!(m.status, "error");
+    let msg = m.error.unwrap();
+    assert!(msg.contains("bad<x>.safetensors"), "{msg}");
+    let page = std::fs::read_to_string(out.path().join("bad-x-/index.html")).unwrap();
+    assert!(page.contains("bad&lt;x&gt;.safetensors"), "{page}");
+    assert!(!page.contains("bad<x>"), "unescaped: {page}");
+    d.wait("the good runs", || {
+        (0..4).all(|i| rendered_ok(out.path(), &format!("good{i}")))
+    });
+    // Still running: a later run is rendered too.
+    put(runs.path(), "after", &run_bytes(&tiny(9, 1)));
+    d.wait("a run after the bad one", || {
+        rendered_ok(out.path(), "after")
+    });
+    let (code, log) = d.stop();
+    assert_eq!(code, Some(0));
+    let errors: Vec<&str> = log.lines().filter(|l| l.contains("ERROR")).collect();
+    assert_eq!(errors.len(), 1, "one logged error line:\n{log}");
+    assert!(errors[0].contains("bad<x>.safetensors"), "{}", errors[0]);
+}
+
+#[test]
+fn killed_mid_burst_then_restarted_every_run_is_rendered_and_no_half_gallery() {
+    let runs = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let n = 150;
+    let bytes: Vec<Vec<u8>> = (0..n).map(|i| run_bytes(&tiny(i, 20))).collect();
+    let mut d = Daemon::start(runs.path(), out.path(), &[]);
+    for (i, b) in bytes.iter().enumerate() {
+        put(runs.path(), &format!("k{i:03}"), b);
+    }
+    d.wait("some galleries", || galleries(out.path()) >= 10);
+    d.child.kill().unwrap(); // SIGKILL
+    d.child.wait().unwrap();
+    let before = galleries(out.path());
+    drop(d);
+
+    let d = Daemon::start(runs.path(), out.path(), &[]);
+    let log = d.log();
+    let catch_up = log
+        .lines()
+        .find(|l| l.contains("catch-up:"))
+        .unwrap()
+        .to_string();
+    assert!(catch_up.contains(&format!("{n} run(s)")), "{catch_up}");
+    d.wait("every run", || {
+        (0..n).all(|i| rendered_ok(out.path(), &format!("k{i:03}")))
+    });
+    let (code, log) = d.stop();
+    assert_eq!(code, Some(0), "{log}");
+    assert_no_half_gallery(out.path());
+    // Only what was missing was rendered after the restart.
+    let counts = renders_without_overlap(&log);
+    assert!(
+        counts.len() <= n - before.min(n),
+        "{} > {n} - {before}",
+        counts.len()
+    );
+}
+
+#[test]
+fn sigterm_exits_0_within_2_seconds() {
+    let runs = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    put(runs.path(), "one", &run_bytes(&tiny(1, 2)));
+    let mut d = Daemon::start(runs.path(), out.path(), &[]);
+    d.wait("the first gallery", || rendered_ok(out.path(), "one"));
+    d.signal("-TERM");
+    let code = d.exit_within(Duration::from_secs(2));
+    assert_eq!(code, Some(0), "{}", d.log());
+}
+
+#[test]
+fn sigterm_mid_burst_exits_0_and_leaves_no_half_gallery() {
+    let runs = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let d = Daemon::start(runs.path(), out.path(), &[]);
+    for i in 0..100 {
+        put(runs.path(), &format!("t{i:03}"), &run_bytes(&tiny(i, 20)));
+    }
+    d.wait("some galleries", || galleries(out.path()) >= 5);
+    let (code, log) = d.stop();
+    assert_eq!(code, Some(0), "{log}");
+    assert_no_half_gallery(out.path());
+}
+
+#[test]
+fn a_restart_with_nothing_new_renders_nothing() {
+    let runs = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    for i in 0..5 {
+        put(runs.path(), &format!("r{i}"), &run_bytes(&tiny(i, 2)));
+    }
+    let o = cl(
+        &[
+            "watch",
+            runs.path().to_str().unwrap(),
+            "--out",
+            out.path().to_str().unwrap(),
+            "--once",
+        ],
+        runs.path(),
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(galleries(out.path()), 5);
+    let stamps: Vec<String> = (0..5)
+        .map(|i| manifest(out.path(), &format!("r{i}")).unwrap().rendered_at)
+        .collect();
+
+    // Again, once: nothing to do.
+    let o = cl(
+        &[
+            "watch",
+            runs.path().to_str().unwrap(),
+            "--out",
+            out.path().to_str().unwrap(),
+            "--once",
+        ],
+        runs.path(),
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let log = stderr(&o);
+    assert!(log.contains("0 to render, 5 up to date"), "{log}");
+    assert!(!log.contains("rendered r"), "{log}");
+
+    // And as a daemon.
+    let d = Daemon::start(runs.path(), out.path(), &[]);
+    assert!(d.log().contains("0 to render, 5 up to date"), "{}", d.log());
+    let (code, log) = d.stop();
+    assert_eq!(code, Some(0));
+    assert!(!log.contains("rendering "), "{log}");
+    let again: Vec<String> = (0..5)
+        .map(|i| manifest(out.path(), &format!("r{i}")).unwrap().rendered_at)
+        .collect();
+    assert_eq!(stamps, again);
+}
+
+#[test]
+fn once_exits_1_when_a_run_fails_and_renders_the_rest() {
+    let runs = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    put(runs.path(), "fine", &run_bytes(&tiny(1, 2)));
+    put(runs.path(), "broken", b"not a safetensors file at all");
+    let o = cl(
+        &[
+            "watch",
+            runs.path().to_str().unwrap(),
+            "--out",
+            out.path().to_str().unwrap(),
+            "--once",
+        ],
+        runs.path(),
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(rendered_ok(out.path(), "fine"));
+    assert_eq!(manifest(out.path(), "broken").unwrap().status, "error");
+}
+
+#[test]
+fn changed_runs_are_rendered_again_deleted_ones_kept_unless_prune() {
+    let runs = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let d = Daemon::start(runs.path(), out.path(), &[]);
+    let a = run_bytes(&tiny(1, 2));
+    let b = run_bytes(&tiny(2, 5));
+    let p = put(runs.path(), "change", &a);
+    put(runs.path(), "gone", &a);
+    d.wait("both", || {
+        rendered_ok(out.path(), "change") && rendered_ok(out.path(), "gone")
+    });
+    put(runs.path(), "change", &b);
+    d.wait("the new version", || {
+        manifest(out.path(), "change").is_some_and(|m| m.layers == 5)
+    });
+    assert_eq!(
+        manifest(out.path(), "change").unwrap().source_size,
+        std::fs::metadata(&p).unwrap().len()
+    );
+    std::fs::remove_file(runs.path().join("gone.safetensors")).unwrap();
+    // Events are handled in order: once a later run is rendered, the removal was seen.
+    put(runs.path(), "marker", &a);
+    d.wait("the marker", || rendered_ok(out.path(), "marker"));
+    assert!(rendered_ok(out.path(), "gone"), "kept without --prune");
+    let (code, _) = d.stop();
+    assert_eq!(code, Some(0));
+
+    // With --prune, the catch-up removes the orphan, and a deletion is followed.
+    let d = Daemon::start(runs.path(), out.path(), &["--prune"]);
+    d.wait("the orphan pruned", || !out.path().join("gone").exists());
+    std::fs::remove_file(runs.path().join("marker.safetensors")).unwrap();
+    d.wait("the deleted run pruned", || {
+        !out.path().join("marker").exists()
+    });
+    d.wait("the index without them", || {
+        !index_lists(out.path(), "marker")
+            && !index_lists(out.path(), "gone")
+            && index_lists(out.path(), "change")
+    });
+    assert!(rendered_ok(out.path(), "change"));
+    let (code, log) = d.stop();
+    assert_eq!(code, Some(0), "{log}");
+}
+
+#[test]
+fn polling_watcher_renders_runs() {
+    let runs = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let d = Daemon::start(
+        runs.path(),
+        out.path(),
+        &["--poll", "--poll-interval-ms", "100"],
+    );
+    assert!(d.log().contains("polling every 100 ms"), "{}", d.log());
+    put(runs.path(), "polled", &run_bytes(&tiny(3, 2)));
+    d.wait("the polled run", || rendered_ok(out.path(), "polled"));
+    let (code, _) = d.stop();
+    assert_eq!(code, Some(0));
+}
+
+#[test]
+fn bad_folders_and_a_second_daemon_are_one_line_errors() {
+    let runs = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let missing = runs.path().join("nope");
+    let o = cl(
+        &[
+            "watch",
+            missing.to_str().unwrap(),
+            "--out",
+            out.path().to_str().unwrap(),
+        ],
+        runs.path(),
+    );
+    assert_eq!(o.status.code(), Some(2));
+    let e = stderr(&o);
+    assert_eq!(e.trim().lines().count(), 1, "{e}");
+    assert!(e.contains("nope") && e.contains("not a folder"), "{e}");
+
+    let d = Daemon::start(runs.path(), out.path(), &[]);
+    let o = cl(
+        &[
+            "watch",
+            runs.path().to_str().unwrap(),
+            "--out",
+            out.path().to_str().unwrap(),
+        ],
+        runs.path(),
+    );
+    assert_eq!(o.status.code(), Some(2));
+    let e = stderr(&o);
+    assert!(e.contains("another `candlelight watch`"), "{e}");
+    let (code, _) = d.stop();
+    assert_eq!(code, Some(0));
+}
