@@ -370,7 +370,15 @@ fn is_relu(kind: &str) -> bool {
     kind.to_ascii_lowercase().contains("relu")
 }
 
+/// Renders one layer's card, then drops the layer's mapped pages from this
+/// process (a 1 GB run is rendered without 1 GB of resident memory).
 fn render_card(run: &Run, l: &LayerInfo, dir: &Path, opts: &GalleryOptions) -> Result<Card> {
+    let card = render_card_inner(run, l, dir, opts);
+    run.release(l.index, 0..l.elem_count());
+    card
+}
+
+fn render_card_inner(run: &Run, l: &LayerInfo, dir: &Path, opts: &GalleryOptions) -> Result<Card> {
     let mut card = Card {
         index: l.index,
         name: l.name.clone(),
@@ -402,6 +410,8 @@ fn render_card(run: &Run, l: &LayerInfo, dir: &Path, opts: &GalleryOptions) -> R
         }
     };
     let stats = Stats::of(&data);
+    // Each pass over a big layer maps it in; drop the pages between passes.
+    run.release(l.index, 0..l.elem_count());
     card.nonfinite = stats.non_finite() > 0;
     card.stats = Some(CardStats {
         min: fmt_num(stats.min),
@@ -423,7 +433,9 @@ fn render_card(run: &Run, l: &LayerInfo, dir: &Path, opts: &GalleryOptions) -> R
     if l.shape.len() >= 2 && l.shape[0] > 0 {
         ropts.sample = ropts.sample.min(l.shape[0] - 1);
     }
-    match render::render(&data, &l.shape, &ropts) {
+    let picture = render::render(&data, &l.shape, &ropts);
+    run.release(l.index, 0..l.elem_count());
+    match picture {
         Ok(pic) => {
             let rel = format!("layers/{stem}.png");
             write(&dir.join(&rel), &render::encode_png(&pic.image)?)?;
