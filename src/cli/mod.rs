@@ -57,32 +57,7 @@ pub fn run(cli: Cli) -> Result<i32> {
     }
 }
 
-/// A number in at most 10 characters, fixed or scientific as fits.
-pub fn num(v: f64) -> String {
-    if v.is_nan() {
-        "-".into()
-    } else if v == 0.0 || (1e-3..1e5).contains(&v.abs()) {
-        format!("{v:.4}")
-    } else {
-        format!("{v:.3e}")
-    }
-}
-
-/// Bytes as `12.3 MB`.
-pub fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KB", "MB", "GB", "TB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1000.0 && u < UNITS.len() - 1 {
-        v /= 1000.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
-}
+pub use candlelight::gallery::{fmt_bytes as human_bytes, fmt_num as num};
 
 /// Run files (`*.safetensors`, no dot files) in `dir`, newest first.
 pub fn run_files(dir: &Path) -> Result<Vec<(PathBuf, std::time::SystemTime)>> {
