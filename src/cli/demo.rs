@@ -4,12 +4,9 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use candle_core::{Device, D};
+use candle_core::Device;
 use candlelight::gallery::{render_gallery, write_index, GalleryOptions};
-use candlelight::models::mnist_cnn::{
-    default_weights_path, image_to_input, sample_digits, MnistCnn,
-};
-use candlelight::Recorder;
+use candlelight::models::mnist_cnn::{default_weights_path, record_sample_digits, MnistCnn};
 
 use super::render::{absolute, one_line};
 
@@ -47,39 +44,24 @@ pub fn demo(args: DemoArgs) -> Result<i32> {
 /// Records the bundled MNIST model on every bundled sample digit into `runs_dir`;
 /// returns the run files and a sentence saying what was recorded.
 fn record_demo_runs(runs_dir: &Path) -> Result<(Vec<PathBuf>, String)> {
-    let device = Device::Cpu;
     let weights = default_weights_path();
-    let model = MnistCnn::load(&weights, &device)?;
-    let digits = sample_digits()?;
-    let mut paths = Vec::new();
+    let model = MnistCnn::load(&weights, &Device::Cpu)?;
+    let runs = record_sample_digits(&model, runs_dir)
+        .with_context(|| format!("{}: cannot record the demo runs", runs_dir.display()))?;
     let mut correct = 0;
-    for (png, label) in &digits {
-        let x = image_to_input(png, &device)?;
-        let name = png
-            .file_name()
-            .unwrap_or_default()
-            .to_string_lossy()
-            .into_owned();
-        let (probs, run) = Recorder::new("mnist-cnn")
-            .input(format!("assets/digits/{name}"))
-            .tag("label", label.to_string())
-            .record(|| model.predict(&x))?;
-        let pred = probs.argmax(D::Minus1)?.squeeze(0)?.to_scalar::<u32>()?;
-        let p = probs.max(D::Minus1)?.squeeze(0)?.to_scalar::<f32>()?;
-        correct += (pred == *label as u32) as usize;
-        let mut run = run;
-        run.set_metadata("prediction", pred.to_string());
-        let path = run
-            .save(runs_dir)
-            .with_context(|| format!("{}: cannot save the demo run", runs_dir.display()))?;
-        println!("{name}: label {label}, predicted {pred} (p = {p:.3})");
-        paths.push(path);
+    for r in &runs {
+        let name = r.png.file_name().unwrap_or_default().to_string_lossy();
+        println!(
+            "{name}: label {}, predicted {} (p = {:.3})",
+            r.label, r.predicted, r.probability
+        );
+        correct += (r.predicted == r.label as u32) as usize;
     }
     let what = format!(
         "demo model: the bundled MNIST CNN ({}) on the {} bundled sample digits: {correct}/{} classified correctly",
         weights.display(),
-        digits.len(),
-        digits.len()
+        runs.len(),
+        runs.len()
     );
-    Ok((paths, what))
+    Ok((runs.into_iter().map(|r| r.run).collect(), what))
 }

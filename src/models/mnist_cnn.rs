@@ -57,6 +57,53 @@ pub fn sample_digits() -> Result<Vec<(PathBuf, u8)>> {
     Ok(out)
 }
 
+/// One sample digit recorded by [`record_sample_digits`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct DigitRun {
+    /// The digit's PNG.
+    pub png: PathBuf,
+    /// Its label.
+    pub label: u8,
+    /// The model's prediction.
+    pub predicted: u32,
+    /// The predicted class's probability.
+    pub probability: f32,
+    /// The run file written.
+    pub run: PathBuf,
+}
+
+/// Records `model` on every bundled sample digit, one run per digit saved into
+/// `runs_dir` (input = the PNG's name, tag `label`, metadata `prediction`).
+pub fn record_sample_digits(model: &MnistCnn, runs_dir: &Path) -> Result<Vec<DigitRun>> {
+    let mut out = Vec::new();
+    for (png, label) in sample_digits()? {
+        let x = image_to_input(&png, model.device())?;
+        let name = png.file_name().unwrap_or_default().to_string_lossy();
+        let (probs, mut run) = crate::Recorder::new("mnist-cnn")
+            .input(format!("assets/digits/{name}"))
+            .tag("label", label.to_string())
+            .record(|| model.predict(&x))?;
+        let predicted = probs
+            .argmax(candle_core::D::Minus1)?
+            .squeeze(0)?
+            .to_scalar::<u32>()?;
+        let probability = probs
+            .max(candle_core::D::Minus1)?
+            .squeeze(0)?
+            .to_scalar::<f32>()?;
+        run.set_metadata("prediction", predicted.to_string());
+        let run = run.save(runs_dir)?;
+        out.push(DigitRun {
+            png,
+            label,
+            predicted,
+            probability,
+            run,
+        });
+    }
+    Ok(out)
+}
+
 /// The MNIST CNN. Layer names match the PyTorch module (`conv1.weight`, ..., `fc2.bias`).
 #[derive(Debug, Clone)]
 pub struct MnistCnn {
