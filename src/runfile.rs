@@ -380,7 +380,7 @@ impl Run {
         match &self.store {
             Store::Mapped { map, ranges } => {
                 let bytes = Run::mapped_bytes(map, ranges[index]);
-                LayerData::from_bytes(Cow::Borrowed(bytes), info.dtype).map_err(|msg| {
+                LayerData::from_mapped(bytes, info.dtype).map_err(|msg| {
                     Error::bad(self.where_(), format!("layer {:?}: {msg}", info.name))
                 })
             }

@@ -14,6 +14,8 @@ pub struct LayerData<'a> {
     bytes: Cow<'a, [u8]>,
     /// Set for runs in memory: the values already converted.
     owned: Option<Vec<f32>>,
+    /// The bytes are a read-only file mapping: pages read can be dropped again.
+    mapped: bool,
     dtype: Dtype,
     len: usize,
 }
@@ -33,8 +35,47 @@ impl<'a> LayerData<'a> {
             len: bytes.len() / size,
             bytes,
             owned: None,
+            mapped: false,
             dtype,
         })
+    }
+
+    /// Values in a read-only, file-backed memory mapping (a run file). Big reads
+    /// and [`LayerData::release`] drop the pages read from this process, so
+    /// streaming a huge layer does not leave it all resident.
+    pub(crate) fn from_mapped(bytes: &'a [u8], dtype: Dtype) -> Result<Self, String> {
+        let mut d = LayerData::from_bytes(Cow::Borrowed(bytes), dtype)?;
+        d.mapped = true;
+        Ok(d)
+    }
+
+    /// Drops the memory pages holding elements `elements` from this process when
+    /// the data is a file mapping (reading them again maps the same bytes back
+    /// in, from the page cache); does nothing otherwise.
+    pub fn release(&self, elements: std::ops::Range<usize>) {
+        #[cfg(unix)]
+        if self.mapped {
+            let size = self.bytes.len() / self.len.max(1);
+            let end = elements.end.min(self.len);
+            if elements.start >= end {
+                return;
+            }
+            let page = 4096usize;
+            let base = self.bytes.as_ptr() as usize;
+            let lo = (base + elements.start * size).next_multiple_of(page);
+            let hi = (base + end * size) / page * page;
+            if lo < hi {
+                // SAFETY: [lo, hi) lies inside a read-only shared file mapping owned by
+                // the run (`mapped` is set only for those). MADV_DONTNEED drops this
+                // process's page-table entries; the next access maps the same file
+                // bytes back in, so no value seen through `bytes` ever changes.
+                unsafe {
+                    libc::madvise(lo as *mut libc::c_void, hi - lo, libc::MADV_DONTNEED);
+                }
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = elements;
     }
 
     /// Owned f32 values.
@@ -43,6 +84,7 @@ impl<'a> LayerData<'a> {
             len: values.len(),
             bytes: Cow::Borrowed(&[]),
             owned: Some(values),
+            mapped: false,
             dtype: Dtype::F32,
         }
     }
@@ -123,6 +165,10 @@ impl<'a> LayerData<'a> {
                     *o = self.get(start + k);
                 }
             }
+        }
+        // Streaming a mapped layer in big chunks: do not keep what was read resident.
+        if self.mapped && (end - start) * (self.bytes.len() / self.len.max(1)) >= 1 << 16 {
+            self.release(start..end);
         }
     }
 

@@ -552,6 +552,16 @@ fn reduce_tile(data: &LayerData<'_>, l: &Layout, start: usize) -> Vec<f32> {
     let (dy, dx) = (l.y.down, l.x.down);
     let (rh, rw) = (h.div_ceil(dy), w.div_ceil(dx));
     let mut out = vec![BLANK; rh * rw];
+    reduce_tile_into(data, l, start, &mut out);
+    // A tile of a mapped layer is read once: drop its pages from this process.
+    data.release(start..start + len);
+    out
+}
+
+fn reduce_tile_into(data: &LayerData<'_>, l: &Layout, start: usize, out: &mut [f32]) {
+    let (h, w, len) = (l.tile_h, l.tile_w, l.tile_len);
+    let (dy, dx) = (l.y.down, l.x.down);
+    let (rh, rw) = (h.div_ceil(dy), w.div_ceil(dx));
     if dy == 1 && dx == 1 {
         for r in 0..h {
             let s = r * w;
@@ -565,7 +575,7 @@ fn reduce_tile(data: &LayerData<'_>, l: &Layout, start: usize) -> Vec<f32> {
                 *v = f32::NAN;
             }
         }
-        return out;
+        return;
     }
     let mut row = vec![0f32; w];
     let mut sum = vec![0f64; rw];
@@ -603,7 +613,6 @@ fn reduce_tile(data: &LayerData<'_>, l: &Layout, start: usize) -> Vec<f32> {
             };
         }
     }
-    out
 }
 
 fn finite_range(v: &[f32]) -> Option<(f32, f32)> {
