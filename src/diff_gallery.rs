@@ -25,16 +25,13 @@ use serde::Serialize;
 
 use crate::diff::{LayerDiff, RunDiff, Status};
 use crate::gallery::{fmt_num as fmt, layer_file_stem};
-use crate::render::{self, colormap, Colormap, Layout, LayoutKind, RenderOptions, FLAG, SEPARATOR};
+use crate::render::{self, Colormap, Layout, LayoutKind, Mapping, RenderOptions, BLANK, SEPARATOR};
 use crate::runfile::{shape_str, write_atomic, Run};
 use crate::values::LayerData;
 use crate::{Error, Result};
 
 /// Pixel budget of one diff picture (three per layer).
 const MAX_PIXELS: usize = 360_000;
-/// Marks a cell with no value (the tail of a folded vector).
-const BLANK: f32 = f32::NEG_INFINITY;
-
 /// Writes the diff gallery of `d` (computed from `a` and `b`) into `out`; returns
 /// the path of its `index.html`.
 pub fn write_diff_gallery(d: &RunDiff, a: &Run, b: &Run, out: &Path) -> Result<PathBuf> {
@@ -276,7 +273,7 @@ fn pictures(
         .copied()
         .reduce(|x, y| union(Some(x), Some(y)).expect("some"));
     let cm = Colormap::Auto.resolve(all.is_some_and(|r| r.0 < 0.0));
-    let maps: Vec<Mapping> = ranges.iter().map(|r| Mapping::new(cm, *r)).collect();
+    let maps: Vec<Mapping> = ranges.iter().map(|r| Mapping::new(cm, *r, None)).collect();
     let scale = match all {
         Some((lo, hi)) => format!(
             "{cm}, each channel on its own range, the same for A and B; {} .. {}",
@@ -292,7 +289,7 @@ fn pictures(
         .flat_map(|t| t.d.iter())
         .filter(|v| v.is_finite())
         .fold(0f32, |m, v| m.max(v.abs()));
-    let dmap = Mapping::new(Colormap::RdBu, Some((-m, m)));
+    let dmap = Mapping::new(Colormap::RdBu, Some((-m, m)), None);
     let id = paint(
         &layout,
         &tiles,
@@ -433,51 +430,6 @@ fn union(a: Option<(f32, f32)>, b: Option<(f32, f32)>) -> Option<(f32, f32)> {
         (Some(a), Some(b)) => Some((a.0.min(b.0), a.1.max(b.1))),
         (a, None) => a,
         (None, b) => b,
-    }
-}
-
-/// Value -> position in the colormap.
-#[derive(Debug, Clone, Copy)]
-enum Mapping {
-    Linear { lo: f32, k: f32 },
-    Fixed(f32),
-}
-
-impl Mapping {
-    fn new(cm: Colormap, range: Option<(f32, f32)>) -> Mapping {
-        let Some((lo, hi)) = range else {
-            return Mapping::Fixed(0.5);
-        };
-        if cm.is_diverging() {
-            let m = lo.abs().max(hi.abs());
-            return if m > 0.0 && m.is_finite() {
-                Mapping::Linear { lo: -m, k: 0.5 / m }
-            } else {
-                Mapping::Fixed(0.5)
-            };
-        }
-        if hi > lo && (hi - lo).is_finite() {
-            Mapping::Linear {
-                lo,
-                k: 1.0 / (hi - lo),
-            }
-        } else {
-            Mapping::Fixed(if lo == 0.0 { 0.0 } else { 0.5 })
-        }
-    }
-
-    fn color(self, v: f32, lut: &[[u8; 3]; colormap::LUT_SIZE]) -> [u8; 3] {
-        if v == BLANK {
-            return SEPARATOR;
-        }
-        if v.is_nan() {
-            return FLAG;
-        }
-        let t = match self {
-            Mapping::Linear { lo, k } => (v - lo) * k,
-            Mapping::Fixed(t) => t,
-        };
-        lut[colormap::lut_index(t)]
     }
 }
 
@@ -681,6 +633,7 @@ fn page_html(d: &RunDiff, rows: &[Row]) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::render::FLAG;
 
     #[test]
     fn a_single_divergent_element_survives_downsampling() {
@@ -721,7 +674,7 @@ mod tests {
 
     #[test]
     fn diverging_colours_have_the_documented_sides() {
-        let m = Mapping::new(Colormap::RdBu, Some((-2.0, 1.0)));
+        let m = Mapping::new(Colormap::RdBu, Some((-2.0, 1.0)), None);
         let lut = Colormap::RdBu.lut();
         let (r, b, w) = (m.color(2.0, lut), m.color(-2.0, lut), m.color(0.0, lut));
         assert!(r[0] > r[2], "positive is red: {r:?}");

@@ -143,7 +143,7 @@ const MAX_ASPECT: f64 = 4.0;
 /// Side of the blank picture of a zero-size layer.
 pub const EMPTY_SIDE: usize = 16;
 /// Internal marker of a cell with no value (the tail of a folded vector).
-const BLANK: f32 = f32::NEG_INFINITY;
+pub(crate) const BLANK: f32 = f32::NEG_INFINITY;
 
 /// How a layer is laid out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -643,9 +643,9 @@ fn percentiles(tiles: &[Vec<f32>], lo: f32, hi: f32) -> Option<(f32, f32)> {
     Some((a, b))
 }
 
-/// Value -> position in the colormap, for one tile.
+/// Value -> position in the colormap, for one tile (also used by the diff gallery).
 #[derive(Debug, Clone, Copy)]
-enum Mapping {
+pub(crate) enum Mapping {
     /// `(v - lo) * k`, clamped to [0, 1].
     Linear { lo: f32, k: f32 },
     /// A constant.
@@ -655,7 +655,7 @@ enum Mapping {
 impl Mapping {
     /// `own`: the tile's range; `all`: the range of every shown value (used for a
     /// constant tile, so it gets the colour it has on the shared scale).
-    fn new(cm: Colormap, own: Option<(f32, f32)>, all: Option<(f32, f32)>) -> Mapping {
+    pub(crate) fn new(cm: Colormap, own: Option<(f32, f32)>, all: Option<(f32, f32)>) -> Mapping {
         let Some((lo, hi)) = own else {
             return Mapping::Fixed(0.5);
         };
@@ -685,7 +685,7 @@ impl Mapping {
     }
 
     #[inline]
-    fn color(self, v: f32, lut: &[[u8; 3]; colormap::LUT_SIZE]) -> [u8; 3] {
+    pub(crate) fn color(self, v: f32, lut: &[[u8; 3]; colormap::LUT_SIZE]) -> [u8; 3] {
         if v == BLANK {
             return SEPARATOR;
         }
