@@ -471,7 +471,7 @@ fn paint(
     img
 }
 
-const PAGE: &str = r##"<!doctype html>
+pub(crate) const PAGE: &str = r##"<!doctype html>
 <html lang="en">
 <head>
 <meta charset="utf-8">
@@ -564,9 +564,6 @@ NaN agrees only with NaN, &plusmn;Inf only with the same infinity.
 "##;
 
 fn page_html(d: &RunDiff, rows: &[Row]) -> Result<String> {
-    let mut env = minijinja::Environment::new();
-    env.add_template("diff.html", PAGE)
-        .map_err(|e| Error::Invalid(format!("diff page template: {e}")))?;
     // Ranking: divergent first, then by rel L2, max |A - B|, capture order.
     let key = |r: &Row| {
         let f = |s: &str| match s {
@@ -613,8 +610,9 @@ fn page_html(d: &RunDiff, rows: &[Row]) -> Result<String> {
         counts.join(", "),
         if d.agrees() { " — all agree" } else { "" }
     );
-    let tmpl = env.get_template("diff.html").expect("template added");
-    tmpl.render(minijinja::context! {
+    crate::gallery::page(
+        "diff.html",
+        minijinja::context! {
         a_name => side_name(&d.a),
         b_name => side_name(&d.b),
         a_path => side_path(&d.a),
@@ -626,8 +624,8 @@ fn page_html(d: &RunDiff, rows: &[Row]) -> Result<String> {
         first => rows.iter().find(|r| r.first),
         rows => rows,
         ranked => ranked,
-    })
-    .map_err(|e| Error::Invalid(format!("diff page template: {e}")))
+        },
+    )
 }
 
 #[cfg(test)]

@@ -202,6 +202,8 @@ fn absolute(p: &Path) -> PathBuf {
     std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
 }
 
+/// The one template environment of the crate (gallery, diff gallery and notebook
+/// pages): HTML auto-escaping whatever the name, undefined values are errors.
 fn env() -> &'static Environment<'static> {
     static ENV: OnceLock<Environment<'static>> = OnceLock::new();
     ENV.get_or_init(|| {
@@ -214,6 +216,11 @@ fn env() -> &'static Environment<'static> {
             ("run.html", include_str!("templates/run.html")),
             ("error.html", include_str!("templates/error.html")),
             ("index.html", include_str!("templates/index.html")),
+            ("diff.html", crate::diff_gallery::PAGE),
+            ("nb_run.html", include_str!("templates/nb_run.html")),
+            ("nb_layer.html", include_str!("templates/nb_layer.html")),
+            ("nb_diff.html", include_str!("templates/nb_diff.html")),
+            ("nb_gallery.html", include_str!("templates/nb_gallery.html")),
         ] {
             env.add_template(name, src)
                 .expect("bundled template parses");
@@ -222,7 +229,8 @@ fn env() -> &'static Environment<'static> {
     })
 }
 
-fn page(template: &str, ctx: minijinja::Value) -> Result<String> {
+/// Renders a bundled template.
+pub(crate) fn page(template: &str, ctx: minijinja::Value) -> Result<String> {
     env()
         .get_template(template)
         .and_then(|t| t.render(ctx))

@@ -17,14 +17,13 @@
 //! Nothing here prints except `evcxr_display`.
 
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 
 use base64::Engine;
 use candle_core::Tensor;
 use image::RgbImage;
-use minijinja::{context, Environment, Value};
+use minijinja::{context, Value};
 
-use crate::gallery::{fmt_num, read_manifest, Manifest};
+use crate::gallery::{fmt_num, page, read_manifest, Manifest};
 use crate::render::histogram::{render_histogram, Histogram};
 use crate::render::{encode_png, render, Colormap, RenderOptions, Scale};
 use crate::runfile::{shape_str, Run};
@@ -34,31 +33,6 @@ use crate::Result;
 
 /// Pixel budget of a thumbnail in a table.
 const THUMB_PIXELS: usize = 180 * 180;
-
-fn env() -> &'static Environment<'static> {
-    static ENV: OnceLock<Environment<'static>> = OnceLock::new();
-    ENV.get_or_init(|| {
-        let mut env = Environment::new();
-        env.set_auto_escape_callback(|_| minijinja::AutoEscape::Html);
-        env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
-        env.add_template("nb_run.html", include_str!("templates/nb_run.html"))
-            .expect("nb_run.html parses");
-        env.add_template("nb_layer.html", include_str!("templates/nb_layer.html"))
-            .expect("nb_layer.html parses");
-        env.add_template("nb_diff.html", include_str!("templates/nb_diff.html"))
-            .expect("nb_diff.html parses");
-        env.add_template("nb_gallery.html", include_str!("templates/nb_gallery.html"))
-            .expect("nb_gallery.html parses");
-        env
-    })
-}
-
-fn page(template: &str, ctx: Value) -> Result<String> {
-    env()
-        .get_template(template)
-        .and_then(|t| t.render(ctx))
-        .map_err(|e| crate::Error::Invalid(format!("template {template}: {e}")))
-}
 
 /// A PNG as a `data:` URI, marked safe for templates (it holds only base64 characters).
 fn data_uri(img: &RgbImage) -> Result<Value> {
