@@ -590,7 +590,7 @@ fn compare_layer(
 
 /// Elements per parallel work item (two f32 buffers of this size per thread).
 const CHUNK: usize = 1 << 16;
-/// Elements per segment: after each segment its mapped pages are released.
+/// Elements per segment (chunks of one segment are compared in parallel).
 const SEGMENT: usize = 1 << 22;
 /// f32 lanes of the kernel (two SSE or one AVX register).
 const LANES: usize = 8;
@@ -657,11 +657,12 @@ fn compare_values(
                 .collect();
             acc = parts.into_iter().fold(acc, Acc::merge);
         }
-        a.release(la.index, seg..seg_end);
-        b.release(lb.index, seg..seg_end);
         seg = seg_end;
     }
-    Ok(acc.finish(&da, &db, &la.shape))
+    let numbers = acc.finish(&da, &db, &la.shape);
+    da.check()?;
+    db.check()?;
+    Ok(numbers)
 }
 
 #[derive(Clone, Copy, Debug)]

@@ -26,7 +26,8 @@ use serde::Serialize;
 use crate::diff::{LayerDiff, RunDiff, Status};
 use crate::gallery::{fmt_num as fmt, layer_file_stem};
 use crate::render::{self, Colormap, Layout, LayoutKind, Mapping, RenderOptions, BLANK, SEPARATOR};
-use crate::runfile::{shape_str, write_atomic, Run};
+use crate::runfile::{shape_str, Run};
+use crate::staging::{self, write_atomic, Kind, Temp};
 use crate::values::LayerData;
 use crate::{Error, Result};
 
@@ -34,43 +35,53 @@ use crate::{Error, Result};
 const MAX_PIXELS: usize = 360_000;
 /// Writes the diff gallery of `d` (computed from `a` and `b`) into `out`; returns
 /// the path of its `index.html`.
+///
+/// `out` may be a new folder, an empty one, or an earlier diff gallery (its
+/// `index.html` carries candlelight's diff mark); anything else already there
+/// (a run gallery, a user's page) is refused with [`Error::NotOurs`].
 pub fn write_diff_gallery(d: &RunDiff, a: &Run, b: &Run, out: &Path) -> Result<PathBuf> {
-    if out.exists() && !out.is_dir() {
-        return Err(Error::Invalid(format!(
-            "{}: exists and is not a folder",
-            out.display()
-        )));
+    match std::fs::symlink_metadata(out) {
+        Ok(m) if !m.is_dir() => {
+            return Err(Error::NotOurs {
+                path: out.to_path_buf(),
+                msg: "exists and is not a folder".into(),
+            })
+        }
+        _ => {}
     }
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
-    let layers_dir = out.join("layers");
-    if layers_dir.exists() && !out.join("diff.json").is_file() {
-        return Err(Error::Invalid(format!(
-            "{}: exists and is not from a candlelight diff gallery (no diff.json beside it); choose another --out",
-            layers_dir.display()
-        )));
-    }
-    let pid = std::process::id();
-    let tmp = out.join(format!(".layers.tmp-{pid}"));
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    let rows = match render_rows(d, a, b, &tmp) {
-        Ok(rows) => rows,
-        Err(e) => {
-            let _ = std::fs::remove_dir_all(&tmp);
-            return Err(e);
-        }
-    };
-    if layers_dir.exists() {
-        let old = out.join(format!(".layers.old-{pid}"));
-        std::fs::rename(&layers_dir, &old).map_err(|e| Error::io(&layers_dir, e))?;
-        std::fs::rename(&tmp, &layers_dir).map_err(|e| Error::io(&layers_dir, e))?;
-        let _ = std::fs::remove_dir_all(&old);
-    } else {
-        std::fs::rename(&tmp, &layers_dir).map_err(|e| Error::io(&layers_dir, e))?;
-    }
-    let json = serde_json::to_vec_pretty(d).expect("a RunDiff serializes");
-    write_atomic(&out.join("diff.json"), &json)?;
     let page = out.join("index.html");
+    let layers_dir = out.join("layers");
+    let json = out.join("diff.json");
+    if page.exists() || json.exists() || layers_dir.exists() {
+        // An earlier diff gallery is ours to replace; anything else is not.
+        if !page.exists() {
+            let there = if layers_dir.exists() {
+                &layers_dir
+            } else {
+                &json
+            };
+            return Err(Error::NotOurs {
+                path: there.clone(),
+                msg: "exists without a candlelight diff page beside it; not replacing it".into(),
+            });
+        }
+        crate::gallery::check_page_replaceable(&page, "diff")?;
+        if let Ok(m) = std::fs::symlink_metadata(&layers_dir) {
+            if !m.is_dir() {
+                return Err(Error::NotOurs {
+                    path: layers_dir,
+                    msg: "exists and is not a folder of a diff gallery; not replacing it".into(),
+                });
+            }
+        }
+    }
+    let mut tmp = Temp::dir(out, Kind::Stage)?;
+    let rows = render_rows(d, a, b, tmp.path())?;
+    staging::replace_dir(&mut tmp, &layers_dir)?;
+    drop(tmp);
+    let json_bytes = serde_json::to_vec_pretty(d).expect("a RunDiff serializes");
+    write_atomic(&json, &json_bytes)?;
     write_atomic(&page, page_html(d, &rows)?.as_bytes())?;
     Ok(page)
 }
@@ -130,11 +141,8 @@ fn render_rows(d: &RunDiff, a: &Run, b: &Run, dir: &Path) -> Result<Vec<Row>> {
         let da = l.index_a.map(|k| a.data_at(k)).transpose()?;
         let db = l.index_b.map(|k| b.data_at(k)).transpose()?;
         let (pic_a, pic_b, pic_d) = pictures(l, da.as_ref(), db.as_ref(), dir, &stem)?;
-        if let Some(k) = l.index_a {
-            a.release(k, 0..usize::MAX);
-        }
-        if let Some(k) = l.index_b {
-            b.release(k, 0..usize::MAX);
+        for data in da.iter().chain(db.iter()) {
+            data.check()?;
         }
         let n = l.numbers.as_ref();
         let element = |e: Option<&crate::diff::Element>| {
@@ -475,6 +483,7 @@ pub(crate) const PAGE: &str = r##"<!doctype html>
 <html lang="en">
 <head>
 <meta charset="utf-8">
+<meta name="generator" content="candlelight diff">
 <title>diff: {{ a_name }} vs {{ b_name }}</title>
 <style>
 body { font-family: system-ui, sans-serif; margin: 1.5em; color: #222; }

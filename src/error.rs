@@ -24,6 +24,9 @@ pub enum Error {
     /// A folder that cannot be watched (or whose output folder is in use).
     #[error("{}: {msg}", path.display())]
     Watch { path: PathBuf, msg: String },
+    /// A file or folder candlelight would replace or remove but did not write.
+    #[error("{}: {msg}", path.display())]
+    NotOurs { path: PathBuf, msg: String },
     /// Bad arguments or options (glob patterns, name maps, ...).
     #[error("{0}")]
     Invalid(String),
@@ -42,6 +45,13 @@ impl Error {
             path: path.into(),
             source,
         }
+    }
+
+    /// True for a failure of the machine rather than of the input: an I/O error
+    /// (no space, a disk error, no permission). Such a failure says nothing about
+    /// the run file: `watch` retries instead of writing an error page.
+    pub fn is_io(&self) -> bool {
+        matches!(self, Error::Io { .. })
     }
 
     /// An [`Error::BadRunFile`] for `path`.

@@ -34,7 +34,6 @@
 //! ```
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 use std::time::Instant;
 
@@ -43,7 +42,8 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::render::{self, Colormap, Histogram, LayoutKind, RenderOptions};
-use crate::runfile::{now_rfc3339, sanitize_id, write_atomic, LayerInfo};
+use crate::runfile::{now_rfc3339, sanitize_id, LayerInfo};
+use crate::staging::{self, write_atomic, Kind, Temp};
 use crate::{Error, Result, Run, Stats};
 
 /// Version of the gallery layout.
@@ -71,6 +71,13 @@ pub struct Manifest {
     pub source_size: u64,
     /// The run file's mtime, ns since the Unix epoch.
     pub source_mtime_ns: u128,
+    /// The run file's inode number (0 where the OS has none; absent in old manifests).
+    #[serde(default)]
+    pub source_ino: u64,
+    /// The run file's ctime (status change), ns since the Unix epoch (0 where the OS
+    /// has none; absent in old manifests).
+    #[serde(default)]
+    pub source_ctime_ns: u128,
     /// Gallery folder name (sanitized file stem).
     pub run_id: String,
     /// The run's `created`, or "" if none.
@@ -98,43 +105,87 @@ pub struct GalleryOptions {
     pub render: RenderOptions,
 }
 
-/// Size and modification time of a run file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What tells one version of a run file from the next: size, mtime, inode and
+/// ctime (a file replaced by another of the same size and mtime has a new inode or
+/// ctime).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct SourceFacts {
     /// Bytes.
     pub size: u64,
     /// mtime, ns since the Unix epoch.
     pub mtime_ns: u128,
+    /// Inode number (0 where the OS has none).
+    pub ino: u64,
+    /// ctime, ns since the Unix epoch (0 where the OS has none).
+    pub ctime_ns: u128,
 }
 
-/// Size and mtime of `run_path`.
+/// The facts of `run_path` (following symlinks). A path that is not a regular file
+/// is an error naming what it is.
 pub fn source_facts(run_path: &Path) -> Result<SourceFacts> {
     let md = std::fs::metadata(run_path).map_err(|e| Error::io(run_path, e))?;
+    if !md.is_file() {
+        return Err(Error::bad(
+            run_path,
+            format!("not a regular file ({})", crate::runfile::file_kind(&md)),
+        ));
+    }
     let mtime_ns = md
         .modified()
         .map_err(|e| Error::io(run_path, e))?
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos())
         .unwrap_or(0);
+    #[cfg(unix)]
+    let (ino, ctime_ns) = {
+        use std::os::unix::fs::MetadataExt;
+        let ctime = md.ctime() as i128 * 1_000_000_000 + md.ctime_nsec() as i128;
+        (md.ino(), ctime.max(0) as u128)
+    };
+    #[cfg(not(unix))]
+    let (ino, ctime_ns) = (0, 0);
     Ok(SourceFacts {
         size: md.len(),
         mtime_ns,
+        ino,
+        ctime_ns,
     })
 }
 
-/// The gallery folder name of a run file: its file stem sanitized to
-/// `[A-Za-z0-9._-]`, never starting with '.', never `index.html`.
-pub fn gallery_name(run_path: &Path) -> String {
-    let stem = run_path
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let name = sanitize_id(&stem);
-    if name.eq_ignore_ascii_case("index.html") {
-        format!("_{name}")
-    } else {
-        name
+impl Manifest {
+    /// The facts of the run file this gallery was made from.
+    pub fn source_facts(&self) -> SourceFacts {
+        SourceFacts {
+            size: self.source_size,
+            mtime_ns: self.source_mtime_ns,
+            ino: self.source_ino,
+            ctime_ns: self.source_ctime_ns,
+        }
     }
+}
+
+/// The gallery folder name of a run file: its file stem when that is already made
+/// of `[A-Za-z0-9._-]` (at most 96 characters, not starting with '.', not
+/// `index.html`); otherwise the stem sanitized and cut to 80 characters plus `~` and
+/// 16 hex digits of a hash of the stem's bytes, so two run files never share a
+/// gallery and the name is the same on every start. Clean names never contain `~`.
+pub fn gallery_name(run_path: &Path) -> String {
+    let stem = run_path.file_stem().unwrap_or_default();
+    let text = stem.to_string_lossy();
+    let clean = sanitize_id(&text);
+    let lossless = clean == text && !clean.eq_ignore_ascii_case("index.html");
+    if lossless {
+        return clean;
+    }
+    let short: String = clean.chars().take(80).collect();
+    format!("{short}~{:016x}", fnv1a(stem.as_encoded_bytes()))
+}
+
+/// FNV-1a, 64 bits: a hash that never changes between builds or platforms.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 /// `out.join(gallery_name(run_path))`.
@@ -148,8 +199,9 @@ pub fn read_manifest(gallery_dir: &Path) -> Option<Manifest> {
     serde_json::from_slice(&bytes).ok()
 }
 
-/// Up to date = manifest present, same source size + mtime, same renderer version
-/// (an error manifest for the same size/mtime counts as up to date).
+/// Up to date = manifest present, made from this very file (same path, size, mtime,
+/// inode and ctime), same renderer version. An error manifest for the same facts
+/// counts as up to date (error pages are only written for bad run files).
 pub fn is_up_to_date(out: &Path, run_path: &Path) -> bool {
     let (Some(m), Ok(f)) = (
         read_manifest(&gallery_dir(out, run_path)),
@@ -159,8 +211,61 @@ pub fn is_up_to_date(out: &Path, run_path: &Path) -> bool {
     };
     m.gallery_version == GALLERY_VERSION
         && m.renderer_version == RENDERER_VERSION
-        && m.source_size == f.size
-        && m.source_mtime_ns == f.mtime_ns
+        && m.source_facts() == f
+        && m.source == absolute(run_path)
+}
+
+/// Whether `target` may be replaced or removed by candlelight: it does not exist,
+/// or it is a gallery folder of ours (a readable `manifest.json` written by
+/// candlelight). Anything else is an error naming it.
+pub fn check_replaceable(target: &Path) -> Result<()> {
+    match std::fs::symlink_metadata(target) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io(target, e)),
+        Ok(m) if m.is_dir() && read_manifest(target).is_some() => Ok(()),
+        Ok(_) => Err(Error::NotOurs {
+            path: target.to_path_buf(),
+            msg: "exists and is not a gallery written by candlelight (no manifest.json); not replacing it".into(),
+        }),
+    }
+}
+
+/// The mark every page candlelight writes carries in its `<head>`; `what` tells the
+/// kind of page (`index`, `run`, `error`, `diff`).
+pub(crate) fn generator_mark(what: &str) -> String {
+    format!("<meta name=\"generator\" content=\"candlelight {what}\">")
+}
+
+/// Whether `page` may be replaced: missing, or a regular file (of at most a few MB)
+/// carrying our generator mark for `what` (or, for the top index, the title of
+/// earlier candlelight versions).
+pub(crate) fn check_page_replaceable(page: &Path, what: &str) -> Result<()> {
+    let md = match std::fs::symlink_metadata(page) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(Error::io(page, e)),
+        Ok(m) => m,
+    };
+    let ours = md.is_file()
+        && md.len() < 64 << 20
+        && std::fs::read(page).is_ok_and(|b| {
+            let text = String::from_utf8_lossy(&b[..b.len().min(4096)]);
+            text.contains(&generator_mark(what))
+                // Pages of candlelight versions before the mark.
+                || (what == "index" && text.contains("<title>candlelight galleries</title>"))
+                || (what == "diff"
+                    && text.contains("<title>diff: ")
+                    && page.with_file_name("diff.json").is_file())
+        });
+    if ours {
+        Ok(())
+    } else {
+        Err(Error::NotOurs {
+            path: page.to_path_buf(),
+            msg: format!(
+                "exists and was not written by candlelight (not its {what} page); not replacing it"
+            ),
+        })
+    }
 }
 
 /// The file stem of layer `index` named `name` inside `layers/`: `NNN-<sanitized name>`.
@@ -211,6 +316,17 @@ fn env() -> &'static Environment<'static> {
         // Every page is HTML: escape whatever the template name.
         env.set_auto_escape_callback(|_| minijinja::AutoEscape::Html);
         env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
+        // Control characters (NUL included) never reach a page: shown as U+FFFD.
+        env.set_formatter(|out, state, value| match value.as_str() {
+            Some(s) if s.chars().any(is_unprintable) => {
+                let clean: String = s
+                    .chars()
+                    .map(|c| if is_unprintable(c) { '\u{fffd}' } else { c })
+                    .collect();
+                minijinja::escape_formatter(out, state, &minijinja::Value::from(clean))
+            }
+            _ => minijinja::escape_formatter(out, state, value),
+        });
         for (name, src) in [
             ("style.css", include_str!("templates/style.css")),
             ("run.html", include_str!("templates/run.html")),
@@ -229,6 +345,11 @@ fn env() -> &'static Environment<'static> {
     })
 }
 
+/// Control characters other than tab, newline and carriage return.
+fn is_unprintable(c: char) -> bool {
+    c.is_control() && !matches!(c, '\t' | '\n' | '\r')
+}
+
 /// Renders a bundled template.
 pub(crate) fn page(template: &str, ctx: minijinja::Value) -> Result<String> {
     env()
@@ -239,80 +360,6 @@ pub(crate) fn page(template: &str, ctx: minijinja::Value) -> Result<String> {
 
 fn write(path: &Path, bytes: &[u8]) -> Result<()> {
     std::fs::write(path, bytes).map_err(|e| Error::io(path, e))
-}
-
-/// A dot folder inside `out` to build a gallery in; removed on drop unless kept.
-struct Staging {
-    dir: PathBuf,
-    keep: bool,
-}
-
-impl Staging {
-    fn new(out: &Path, name: &str) -> Result<Staging> {
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
-        let dir = out.join(format!(
-            ".tmp-{name}-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir(&dir).map_err(|e| Error::io(&dir, e))?;
-        Ok(Staging { dir, keep: false })
-    }
-
-    /// Renames the staging folder to `target`, moving an older gallery aside first.
-    fn swap_into(mut self, target: &Path) -> Result<()> {
-        let out = target.parent().unwrap_or(Path::new("."));
-        let name = target
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let mut last_err = None;
-        for attempt in 0..8 {
-            match std::fs::rename(&self.dir, target) {
-                Ok(()) => {
-                    self.keep = true;
-                    if let Ok(d) = std::fs::File::open(out) {
-                        let _ = d.sync_all();
-                    }
-                    return Ok(());
-                }
-                Err(e) => {
-                    if std::fs::symlink_metadata(target).is_err() {
-                        return Err(Error::io(target, e));
-                    }
-                    // An older gallery is there: move it aside, retry, then delete it.
-                    let old = out.join(format!(".old-{name}-{}-{attempt}", std::process::id()));
-                    let _ = std::fs::remove_dir_all(&old);
-                    match std::fs::rename(target, &old) {
-                        Ok(()) => {
-                            let res = std::fs::rename(&self.dir, target);
-                            let _ = std::fs::remove_dir_all(&old);
-                            if res.is_ok() {
-                                self.keep = true;
-                                return Ok(());
-                            }
-                            last_err = res.err();
-                        }
-                        Err(e) => last_err = Some(e),
-                    }
-                }
-            }
-        }
-        Err(Error::io(
-            target,
-            last_err.unwrap_or_else(|| std::io::Error::other("cannot replace the gallery")),
-        ))
-    }
-}
-
-impl Drop for Staging {
-    fn drop(&mut self) {
-        if !self.keep {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        }
-    }
 }
 
 /// One layer's card on the run page (also one entry of stats.json).
@@ -378,15 +425,9 @@ fn is_relu(kind: &str) -> bool {
     kind.to_ascii_lowercase().contains("relu")
 }
 
-/// Renders one layer's card, then drops the layer's mapped pages from this
-/// process (a 1 GB run is rendered without 1 GB of resident memory).
+/// Renders one layer's card. A layer that cannot be drawn gets an error on its
+/// card; a read that fails (the file shrank, an I/O error) fails the gallery.
 fn render_card(run: &Run, l: &LayerInfo, dir: &Path, opts: &GalleryOptions) -> Result<Card> {
-    let card = render_card_inner(run, l, dir, opts);
-    run.release(l.index, 0..l.elem_count());
-    card
-}
-
-fn render_card_inner(run: &Run, l: &LayerInfo, dir: &Path, opts: &GalleryOptions) -> Result<Card> {
     let mut card = Card {
         index: l.index,
         name: l.name.clone(),
@@ -418,8 +459,7 @@ fn render_card_inner(run: &Run, l: &LayerInfo, dir: &Path, opts: &GalleryOptions
         }
     };
     let stats = Stats::of(&data);
-    // Each pass over a big layer maps it in; drop the pages between passes.
-    run.release(l.index, 0..l.elem_count());
+    data.check()?;
     card.nonfinite = stats.non_finite() > 0;
     card.stats = Some(CardStats {
         min: fmt_num(stats.min),
@@ -442,7 +482,7 @@ fn render_card_inner(run: &Run, l: &LayerInfo, dir: &Path, opts: &GalleryOptions
         ropts.sample = ropts.sample.min(l.shape[0] - 1);
     }
     let picture = render::render(&data, &l.shape, &ropts);
-    run.release(l.index, 0..l.elem_count());
+    data.check()?;
     match picture {
         Ok(pic) => {
             let rel = format!("layers/{stem}.png");
@@ -466,6 +506,7 @@ fn render_card_inner(run: &Run, l: &LayerInfo, dir: &Path, opts: &GalleryOptions
                 LayoutKind::Empty => 0,
             };
             let hist = Histogram::of(&data, &stats, HIST_BINS);
+            data.check()?;
             let himg = render::render_histogram(&hist, pic.colormap, HIST_SIZE.0, HIST_SIZE.1);
             let hrel = format!("layers/{stem}.hist.png");
             write(&dir.join(&hrel), &render::encode_png(&himg)?)?;
@@ -521,8 +562,10 @@ pub fn render_gallery(run_path: &Path, out: &Path, opts: &GalleryOptions) -> Res
     let facts = source_facts(run_path)?;
     let run = Run::open(run_path)?;
     let name = gallery_name(run_path);
-    let staging = Staging::new(out, &name)?;
-    let dir = staging.dir.clone();
+    let target = out.join(&name);
+    check_replaceable(&target)?;
+    let mut staging = Temp::dir(out, Kind::Stage)?;
+    let dir = staging.path().to_path_buf();
     let layers_dir = dir.join("layers");
     std::fs::create_dir(&layers_dir).map_err(|e| Error::io(&layers_dir, e))?;
 
@@ -547,7 +590,9 @@ pub fn render_gallery(run_path: &Path, out: &Path, opts: &GalleryOptions) -> Res
         if best.shape.len() >= 2 && best.shape[0] > 0 {
             o.sample = o.sample.min(best.shape[0] - 1);
         }
-        if let Ok(img) = render::render_layer(&data, &best.shape, &o) {
+        let img = render::render_layer(&data, &best.shape, &o);
+        data.check()?;
+        if let Ok(img) = img {
             write(&dir.join("thumb.png"), &render::encode_png(&img)?)?;
             thumbnail = Some("thumb.png".to_string());
         }
@@ -621,6 +666,8 @@ pub fn render_gallery(run_path: &Path, out: &Path, opts: &GalleryOptions) -> Res
         source: absolute(run_path),
         source_size: facts.size,
         source_mtime_ns: facts.mtime_ns,
+        source_ino: facts.ino,
+        source_ctime_ns: facts.ctime_ns,
         run_id: name.clone(),
         created: info.created.clone(),
         model: info.model.clone(),
@@ -632,7 +679,8 @@ pub fn render_gallery(run_path: &Path, out: &Path, opts: &GalleryOptions) -> Res
         thumbnail,
     };
     write_manifest(&dir, &manifest)?;
-    staging.swap_into(&out.join(&name))?;
+    check_replaceable(&target)?;
+    staging::replace_dir(&mut staging, &target)?;
     Ok(manifest)
 }
 
@@ -649,10 +697,14 @@ pub fn write_error_gallery(run_path: &Path, out: &Path, message: &str) -> Result
     let facts = source_facts(run_path).unwrap_or(SourceFacts {
         size: 0,
         mtime_ns: 0,
+        ino: 0,
+        ctime_ns: 0,
     });
     let name = gallery_name(run_path);
     let message = message.replace(['\n', '\r'], " ");
-    let staging = Staging::new(out, &name)?;
+    let target = out.join(&name);
+    check_replaceable(&target)?;
+    let mut staging = Temp::dir(out, Kind::Stage)?;
     let rendered_at = now_rfc3339();
     let html = page(
         "error.html",
@@ -663,13 +715,15 @@ pub fn write_error_gallery(run_path: &Path, out: &Path, message: &str) -> Result
             rendered_at => &rendered_at,
         },
     )?;
-    write(&staging.dir.join("index.html"), html.as_bytes())?;
+    write(&staging.path().join("index.html"), html.as_bytes())?;
     let manifest = Manifest {
         gallery_version: GALLERY_VERSION,
         renderer_version: RENDERER_VERSION.to_string(),
         source: absolute(run_path),
         source_size: facts.size,
         source_mtime_ns: facts.mtime_ns,
+        source_ino: facts.ino,
+        source_ctime_ns: facts.ctime_ns,
         run_id: name.clone(),
         created: String::new(),
         model: String::new(),
@@ -680,16 +734,17 @@ pub fn write_error_gallery(run_path: &Path, out: &Path, message: &str) -> Result
         error: Some(message),
         thumbnail: None,
     };
-    write_manifest(&staging.dir, &manifest)?;
-    staging.swap_into(&out.join(&name))?;
+    write_manifest(staging.path(), &manifest)?;
+    check_replaceable(&target)?;
+    staging::replace_dir(&mut staging, &target)?;
     Ok(manifest)
 }
 
-/// Percent-encodes everything but `[A-Za-z0-9._-]` (one path segment of a link).
+/// Percent-encodes everything but `[A-Za-z0-9._~-]` (one path segment of a link).
 fn url_segment(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"._-".contains(&b) {
+        if b.is_ascii_alphanumeric() || b"._-~".contains(&b) {
             out.push(b as char);
         } else {
             out.push_str(&format!("%{b:02X}"));
@@ -773,7 +828,9 @@ pub fn write_index(out: &Path) -> Result<()> {
         "index.html",
         context! { entries => entries, updated => now_rfc3339() },
     )?;
-    write_atomic(&out.join("index.html"), html.as_bytes())
+    let index = out.join("index.html");
+    check_page_replaceable(&index, "index")?;
+    write_atomic(&index, html.as_bytes())
 }
 
 #[cfg(test)]
@@ -785,11 +842,22 @@ mod tests {
         for (input, expect) in [
             ("runs/a.safetensors", "a"),
             ("runs/../../x.safetensors", "x"),
-            ("runs/.hidden.safetensors", "_hidden"),
-            ("runs/index.html.safetensors", "_index.html"),
-            ("runs/<script>.safetensors", "-script-"),
+            (
+                "runs/20260101-000000-m-00ab.safetensors",
+                "20260101-000000-m-00ab",
+            ),
         ] {
             assert_eq!(gallery_name(Path::new(input)), expect);
+        }
+        // Names that need cleaning keep a readable part plus a hash of the original.
+        for (input, start) in [
+            ("runs/.hidden.safetensors", "_hidden~"),
+            ("runs/index.html.safetensors", "index.html~"),
+            ("runs/<script>.safetensors", "-script-~"),
+        ] {
+            let g = gallery_name(Path::new(input));
+            assert!(g.starts_with(start), "{g}");
+            assert_eq!(g.len(), start.len() + 16);
         }
         for name in ["../../x", "/etc/passwd", "", "..", "a\0b", "日本"] {
             let s = layer_file_stem(7, name);
@@ -799,6 +867,66 @@ mod tests {
                 .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)));
             assert!(!s.contains('/'));
         }
+    }
+
+    #[test]
+    fn every_run_file_gets_its_own_gallery_folder() {
+        let long = "x".repeat(120);
+        let names = [
+            "a<b".to_string(),
+            "a>b".to_string(),
+            "a-b".to_string(),
+            "a b".to_string(),
+            ".a-b".to_string(),
+            "_a-b".to_string(),
+            format!("{long}1"),
+            format!("{long}2"),
+            "x".repeat(96),
+            "INDEX.HTML".to_string(),
+        ];
+        let galleries: std::collections::HashSet<String> = names
+            .iter()
+            .map(|n| gallery_name(Path::new(&format!("runs/{n}.safetensors"))))
+            .collect();
+        assert_eq!(galleries.len(), names.len(), "{galleries:?}");
+        for g in &galleries {
+            assert!(!g.starts_with('.') && g.len() <= 97, "{g}");
+            assert!(g
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._-~".contains(c)));
+        }
+        // Stable: the same name every time (a restart finds its galleries again).
+        assert_eq!(
+            gallery_name(Path::new("runs/a<b.safetensors")),
+            "a-b~e64db119048f9eb6"
+        );
+        assert_eq!(fnv1a(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a(b"a"), 0xaf63_dc4c_8601_ec8c);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn non_utf8_names_get_distinct_galleries() {
+        use std::os::unix::ffi::OsStrExt;
+        let a = Path::new(std::ffi::OsStr::from_bytes(b"runs/a\xff.safetensors"));
+        let b = Path::new(std::ffi::OsStr::from_bytes(b"runs/a\xfe.safetensors"));
+        assert_ne!(gallery_name(a), gallery_name(b));
+    }
+
+    #[test]
+    fn nul_and_control_characters_never_reach_a_page() {
+        let html = page(
+            "error.html",
+            context! { name => "n\0x", source => "a\u{1b}[31m", message => "m\u{7}", rendered_at => "" },
+        )
+        .unwrap();
+        assert!(
+            !html
+                .chars()
+                .any(|c| c.is_control() && !"\t\n\r".contains(c)),
+            "{html:?}"
+        );
+        assert!(html.contains("n\u{fffd}x"));
     }
 
     #[test]

@@ -29,6 +29,7 @@ pub mod notebook;
 pub mod record;
 pub mod render;
 pub mod runfile;
+pub mod staging;
 pub mod stats;
 pub mod values;
 pub mod watch;

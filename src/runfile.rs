@@ -7,12 +7,14 @@
 //! Files from other producers (no candlelight metadata) open as runs too; their
 //! order is the file's own (by data offset).
 //!
-//! [`Run::open`] parses the header only and memory-maps the data; a layer is read
-//! when asked for, and only its own pages are read from the disk.
+//! [`Run::open`] reads the header only (two positioned reads); a layer is read when
+//! asked for, with positioned reads of its own bytes. Files are not memory-mapped, so
+//! a producer truncating a file while it is read makes that read fail cleanly
+//! instead of killing the reader with SIGBUS. Only regular files are opened, and
+//! without blocking (a FIFO named `*.safetensors` is an error, not a hang).
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -20,8 +22,9 @@ use candle_core::{DType, Device, Storage, Tensor};
 use safetensors::{Dtype, SafeTensorError, View};
 use serde::{Deserialize, Serialize};
 
+use crate::staging::RunTemp;
 use crate::stats::Stats;
-use crate::values::LayerData;
+use crate::values::{read_exact_at, LayerData};
 use crate::{Error, Result};
 
 /// Format version written into `candlelight.version`.
@@ -107,10 +110,10 @@ pub fn shape_str(shape: &[usize]) -> String {
 enum Store {
     /// Recorded in this process: candle tensors (shared handles).
     Memory(Vec<Tensor>),
-    /// Opened from a file: the mapping and each layer's byte range in it.
-    Mapped {
-        map: memmap2::Mmap,
-        ranges: Vec<(usize, usize)>,
+    /// Opened from a file: the open file and each layer's byte range in it.
+    File {
+        file: std::fs::File,
+        ranges: Vec<(u64, u64)>,
     },
 }
 
@@ -182,41 +185,53 @@ impl Run {
         Run::from_tensors(info, entries.into_iter().collect(), BTreeMap::new())
     }
 
-    /// Opens a run file: parses the header, maps the data, reads no layer.
+    /// Opens a run file: reads and checks the header, reads no layer.
+    ///
+    /// Only regular files (or symlinks to them) are opened, without blocking; the
+    /// data section must end exactly at the end of the file.
     pub fn open(path: impl AsRef<Path>) -> Result<Run> {
         let path = path.as_ref();
-        let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+        let file = open_regular(path)?;
         let size = file.metadata().map_err(|e| Error::io(path, e))?.len();
+        Run::from_file(path, file, size)
+    }
+
+    fn from_file(path: &Path, file: std::fs::File, size: u64) -> Result<Run> {
         if size < 8 {
             return Err(Error::bad(
                 path,
                 format!("truncated: {size} bytes, a safetensors file starts with an 8-byte header length"),
             ));
         }
-        if !file.metadata().map(|m| m.is_file()).unwrap_or(false) {
-            return Err(Error::bad(path, "not a regular file"));
+        let mut len = [0u8; 8];
+        read_exact_at(&file, &mut len, 0).map_err(|e| read_error(path, e))?;
+        let n = u64::from_le_bytes(len);
+        if n > MAX_HEADER as u64 {
+            return Err(Error::bad(
+                path,
+                describe_st_error(SafeTensorError::HeaderTooLarge, n, size),
+            ));
         }
-        // SAFETY: the file is opened read-only; run files are written once and
-        // renamed into place, never modified in place by candlelight.
-        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
-        Run::from_map(path, map, size)
-    }
-
-    fn from_map(path: &Path, map: memmap2::Mmap, size: u64) -> Result<Run> {
-        // Fetch the header alone (see `prefetch`): its length, then its bytes.
-        prefetch(&map, 0, 8);
-        if let Some(len) = map.get(..8) {
-            let n = u64::from_le_bytes(len.try_into().expect("8 bytes"));
-            let end = usize::try_from(n).map_or(map.len(), |n| n.saturating_add(8));
-            prefetch(&map, 0, end);
+        if n > size - 8 {
+            return Err(Error::bad(
+                path,
+                describe_st_error(SafeTensorError::InvalidHeaderLength, n, size),
+            ));
         }
-        let (n, meta) = safetensors::SafeTensors::read_metadata(&map)
-            .map_err(|e| Error::bad(path, describe_st_error(e, &map)))?;
+        let mut header = vec![0u8; n as usize];
+        read_exact_at(&file, &mut header, 8).map_err(|e| read_error(path, e))?;
+        let meta =
+            parse_header(&header).map_err(|e| Error::bad(path, describe_st_error(e, n, size)))?;
         let data_start = 8 + n;
+        if data_start + meta.data_len() as u64 != size {
+            return Err(Error::bad(
+                path,
+                describe_st_error(SafeTensorError::MetadataIncompleteBuffer, n, size),
+            ));
+        }
         let user_meta = meta.metadata().clone().unwrap_or_default();
         let tensors = meta.tensors();
         let file_order = meta.offset_keys();
-
         if let Some(v) = user_meta.get(KEY_VERSION) {
             if v != FORMAT_VERSION {
                 return Err(Error::bad(
@@ -269,7 +284,7 @@ impl Run {
         for (index, name) in order.into_iter().enumerate() {
             let ti = tensors[&name];
             let (s, e) = ti.data_offsets;
-            ranges.push((data_start + s, data_start + e));
+            ranges.push((data_start + s as u64, data_start + e as u64));
             layers.push(LayerInfo {
                 index,
                 kind: info.kinds.get(&name).cloned(),
@@ -289,7 +304,7 @@ impl Run {
             metadata,
             layers,
             by_name,
-            store: Store::Mapped { map, ranges },
+            store: Store::File { file, ranges },
             file_size: size,
         })
     }
@@ -355,12 +370,6 @@ impl Run {
             .unwrap_or_else(|| PathBuf::from(format!("<run {}>", self.info.id)))
     }
 
-    /// The stored bytes of layer `index` of a mapped run, fetched ahead in one go.
-    fn mapped_bytes(map: &memmap2::Mmap, (start, end): (usize, usize)) -> &[u8] {
-        prefetch(map, start, end);
-        &map[start..end]
-    }
-
     fn index(&self, name: &str) -> Result<usize> {
         self.by_name
             .get(name)
@@ -378,11 +387,10 @@ impl Run {
             .get(index)
             .ok_or_else(|| Error::Invalid(format!("layer index {index} out of range")))?;
         match &self.store {
-            Store::Mapped { map, ranges } => {
-                let bytes = Run::mapped_bytes(map, ranges[index]);
-                LayerData::from_mapped(bytes, info.dtype).map_err(|msg| {
-                    Error::bad(self.where_(), format!("layer {:?}: {msg}", info.name))
-                })
+            Store::File { file, ranges } => {
+                let (s, e) = ranges[index];
+                let path = self.path.as_deref().unwrap_or(Path::new(""));
+                LayerData::from_file(file, s, (e - s) as usize, info.dtype, path, &info.name)
             }
             Store::Memory(tensors) => {
                 let t = &tensors[index];
@@ -394,37 +402,6 @@ impl Run {
                 Ok(LayerData::from_f32(v))
             }
         }
-    }
-
-    /// Tells the OS that this process is done with elements `elements` of layer
-    /// number `index`: their memory-mapped pages leave the process's resident set
-    /// (they stay in the page cache, so reading them again costs a minor page
-    /// fault). Streaming readers call it on what they have processed so a pass over
-    /// a huge run keeps a small footprint. A hint: no-op for runs in memory, for an
-    /// out-of-range request, and where the OS does not support it.
-    pub fn release(&self, index: usize, elements: std::ops::Range<usize>) {
-        #[cfg(unix)]
-        if let (Store::Mapped { map, ranges }, Some(info)) = (&self.store, self.layers.get(index)) {
-            let size = info.dtype.bitsize() / 8;
-            let (s, e) = ranges[index];
-            let start = s.saturating_add(elements.start.saturating_mul(size));
-            let end = s.saturating_add(elements.end.saturating_mul(size)).min(e);
-            if start < end {
-                // SAFETY: the mapping is a read-only shared file mapping; MADV_DONTNEED
-                // only drops this process's page-table entries, and touching the bytes
-                // again maps the same file contents back in. No byte seen through a
-                // borrowed slice changes.
-                let _ = unsafe {
-                    map.unchecked_advise_range(
-                        memmap2::UncheckedAdvice::DontNeed,
-                        start,
-                        end - start,
-                    )
-                };
-            }
-        }
-        #[cfg(not(unix))]
-        let _ = (index, elements);
     }
 
     /// The data of layer `name`.
@@ -442,33 +419,50 @@ impl Run {
         let info = &self.layers[index];
         match &self.store {
             Store::Memory(t) => Ok(t[index].clone()),
-            Store::Mapped { map, ranges } => {
+            Store::File { .. } => {
                 use candle_core::safetensors::Load;
-                let view = safetensors::tensor::TensorView::new(
-                    info.dtype,
-                    info.shape.clone(),
-                    Run::mapped_bytes(map, ranges[index]),
-                )
-                .map_err(|e| Error::bad(self.where_(), format!("layer {:?}: {e}", info.name)))?;
+                let bytes = self.layer_bytes(index)?;
+                let view =
+                    safetensors::tensor::TensorView::new(info.dtype, info.shape.clone(), &bytes)
+                        .map_err(|e| {
+                            Error::bad(self.where_(), format!("layer {:?}: {e}", info.name))
+                        })?;
                 view.load(&Device::Cpu)
                     .map_err(|e| Error::bad(self.where_(), format!("layer {:?}: {e}", info.name)))
             }
         }
     }
 
+    /// The stored bytes of layer number `index` of a run opened from a file.
+    fn layer_bytes(&self, index: usize) -> Result<Vec<u8>> {
+        let Store::File { file, ranges } = &self.store else {
+            return Err(Error::Invalid("layer bytes of a run in memory".into()));
+        };
+        let (s, e) = ranges[index];
+        let mut buf = vec![0u8; (e - s) as usize];
+        read_exact_at(file, &mut buf, s).map_err(|e| read_error(&self.where_(), e))?;
+        Ok(buf)
+    }
+
     /// Layer `name` as f32 values (row-major).
     pub fn values(&self, name: &str) -> Result<Vec<f32>> {
-        Ok(self.data(name)?.to_vec())
+        let data = self.data(name)?;
+        let v = data.to_vec();
+        data.check()?;
+        Ok(v)
     }
 
     /// Statistics of layer `name`.
     pub fn stats(&self, name: &str) -> Result<Stats> {
-        Ok(Stats::of(&self.data(name)?))
+        self.stats_at(self.index(name)?)
     }
 
     /// Statistics of layer number `index`.
     pub fn stats_at(&self, index: usize) -> Result<Stats> {
-        Ok(Stats::of(&self.data_at(index)?))
+        let data = self.data_at(index)?;
+        let s = Stats::of(&data);
+        data.check()?;
+        Ok(s)
     }
 
     /// The header metadata this run is saved with.
@@ -507,8 +501,9 @@ impl Run {
         format!("{id}.{EXTENSION}")
     }
 
-    /// Writes `<dir>/<run-id>.safetensors` atomically (a dot temp file in `dir`,
-    /// synced, then renamed) and returns its path. Creates `dir` if needed; never
+    /// Writes `<dir>/<run-id>.safetensors` atomically (a locked dot temp file in
+    /// `dir`, `.<run-id>.safetensors.candlelight-<pid>-<n>.tmp`, synced, then renamed;
+    /// `candlelight watch` removes such a temp once its writer is gone) and returns its path. Creates `dir` if needed; never
     /// replaces an existing file. Tensors on a GPU are copied to the CPU first.
     pub fn save(&self, dir: impl AsRef<Path>) -> Result<PathBuf> {
         let dir = dir.as_ref();
@@ -520,18 +515,13 @@ impl Run {
                 std::io::Error::new(std::io::ErrorKind::AlreadyExists, "run file already exists"),
             ));
         }
-        let tmp = dir.join(format!(".{}.tmp", self.file_name()));
-        let result = self
-            .write_to(&tmp)
-            .and_then(|_| std::fs::rename(&tmp, &target).map_err(|e| Error::io(&target, e)));
-        if result.is_err() {
-            let _ = std::fs::remove_file(&tmp);
-        }
-        result?;
-        // Make the rename itself durable.
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
+        let mut tmp = RunTemp::new(dir, &self.file_name())?;
+        self.write_to(tmp.path())?;
+        std::fs::rename(tmp.path(), &target).map_err(|e| Error::io(&target, e))?;
+        tmp.keep();
+        drop(tmp);
+        // Make the new name durable.
+        crate::staging::sync_dir(dir);
         Ok(target)
     }
 
@@ -558,51 +548,155 @@ impl Run {
                 }
                 write_safetensors(path, views, header)
             }
-            Store::Mapped { map, ranges } => {
+            Store::File { .. } => {
+                // One layer in memory at a time: each is read when the writer gets to it.
+                let failed = std::cell::OnceCell::new();
                 let views = self
                     .layers
                     .iter()
-                    .zip(ranges)
-                    .map(|(l, &range)| {
-                        (
-                            l.name.as_str(),
-                            RawView {
-                                dtype: l.dtype,
-                                shape: l.shape.clone(),
-                                data: Cow::Borrowed(Run::mapped_bytes(map, range)),
-                            },
-                        )
+                    .map(|l| {
+                        let view = FileView {
+                            run: self,
+                            layer: l,
+                            failed: &failed,
+                        };
+                        (l.name.as_str(), view)
                     })
                     .collect();
-                write_safetensors(path, views, header)
+                let res = write_safetensors(path, views, header);
+                match failed.into_inner() {
+                    Some(e) => Err(e),
+                    None => res,
+                }
             }
         }
     }
 }
 
-/// Asks the kernel to read `start..end` of `map` now, as one request. Without it
-/// the first page fault in a range reads the whole read-ahead window around the
-/// faulting page (8 MB on some disks): opening a run and reading one small layer
-/// would read megabytes of other layers. Best effort; nothing on non-Unix systems.
-fn prefetch(map: &memmap2::Mmap, start: usize, end: usize) {
+/// The safetensors crate's limit on header size.
+const MAX_HEADER: usize = 100_000_000;
+
+/// Opens `path` for reading if it is a regular file (following symlinks), without
+/// blocking: a FIFO, socket or device is refused before it is opened, and the open
+/// itself never waits for a writer.
+pub(crate) fn open_regular(path: &Path) -> Result<std::fs::File> {
+    let md = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+    if !md.is_file() {
+        return Err(Error::bad(
+            path,
+            format!("not a regular file ({})", file_kind(&md)),
+        ));
+    }
+    let mut o = std::fs::OpenOptions::new();
+    o.read(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::custom_flags(&mut o, libc::O_NONBLOCK);
+    let file = o.open(path).map_err(|e| Error::io(path, e))?;
+    let md = file.metadata().map_err(|e| Error::io(path, e))?;
+    if !md.is_file() {
+        // Replaced between the check and the open.
+        return Err(Error::bad(
+            path,
+            format!("not a regular file ({})", file_kind(&md)),
+        ));
+    }
+    Ok(file)
+}
+
+/// "a folder", "a FIFO", ... for messages.
+pub(crate) fn file_kind(md: &std::fs::Metadata) -> &'static str {
+    let t = md.file_type();
     #[cfg(unix)]
     {
-        let end = end.min(map.len());
-        if start < end {
-            let _ = map.advise_range(memmap2::Advice::WillNeed, start, end - start);
+        use std::os::unix::fs::FileTypeExt;
+        if t.is_fifo() {
+            return "a FIFO";
+        }
+        if t.is_socket() {
+            return "a socket";
+        }
+        if t.is_char_device() || t.is_block_device() {
+            return "a device";
         }
     }
-    #[cfg(not(unix))]
-    let _ = (map, start, end);
+    if t.is_dir() {
+        "a folder"
+    } else if t.is_symlink() {
+        "a symlink"
+    } else if t.is_file() {
+        "a regular file"
+    } else {
+        "not a regular file"
+    }
+}
+
+fn read_error(path: &Path, e: std::io::Error) -> Error {
+    if e.kind() == std::io::ErrorKind::UnexpectedEof {
+        Error::bad(
+            path,
+            "the file ended early while it was read (truncated or rewritten by its producer?)",
+        )
+    } else {
+        Error::io(path, e)
+    }
+}
+
+/// The header JSON parsed and checked as the safetensors crate does (offsets in
+/// order, contiguous, lengths matching shapes and dtypes), without the data.
+fn parse_header(
+    bytes: &[u8],
+) -> std::result::Result<safetensors::tensor::Metadata, SafeTensorError> {
+    #[derive(Deserialize)]
+    struct Header {
+        #[serde(rename = "__metadata__")]
+        metadata: Option<HashMap<String, String>>,
+        #[serde(flatten)]
+        tensors: HashMap<String, safetensors::tensor::TensorInfo>,
+    }
+    let text = std::str::from_utf8(bytes).map_err(SafeTensorError::InvalidHeader)?;
+    let h: Header =
+        serde_json::from_str(text).map_err(SafeTensorError::InvalidHeaderDeserialization)?;
+    let mut tensors: Vec<_> = h.tensors.into_iter().collect();
+    tensors.sort_by(|a, b| (a.1.data_offsets, &a.0).cmp(&(b.1.data_offsets, &b.0)));
+    safetensors::tensor::Metadata::new(h.metadata, tensors)
+}
+
+/// A layer of a run opened from a file, read when the safetensors writer asks for
+/// it; a failed read is kept in `failed` (the writer cannot return it).
+struct FileView<'a> {
+    run: &'a Run,
+    layer: &'a LayerInfo,
+    failed: &'a std::cell::OnceCell<Error>,
+}
+
+impl View for FileView<'_> {
+    fn dtype(&self) -> Dtype {
+        self.layer.dtype
+    }
+    fn shape(&self) -> &[usize] {
+        &self.layer.shape
+    }
+    fn data(&self) -> Cow<'_, [u8]> {
+        match self.run.layer_bytes(self.layer.index) {
+            Ok(b) => Cow::Owned(b),
+            Err(e) => {
+                let _ = self.failed.set(e);
+                Cow::Owned(vec![0; self.data_len()])
+            }
+        }
+    }
+    fn data_len(&self) -> usize {
+        self.layer.nbytes()
+    }
 }
 
 fn index_names(layers: &[LayerInfo]) -> HashMap<String, usize> {
     layers.iter().map(|l| (l.name.clone(), l.index)).collect()
 }
 
-fn write_safetensors(
+fn write_safetensors<V: View>(
     path: &Path,
-    views: Vec<(&str, RawView<'_>)>,
+    views: Vec<(&str, V)>,
     header: HashMap<String, String>,
 ) -> Result<()> {
     safetensors::serialize_to_file(views, Some(header), path)
@@ -681,20 +775,16 @@ impl View for RawView<'_> {
     }
 }
 
-fn describe_st_error(e: SafeTensorError, buf: &[u8]) -> String {
-    let n = buf
-        .get(..8)
-        .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
-        .unwrap_or(0);
+/// One line for a safetensors error; `n` is the header length field, `size` the
+/// file's size.
+fn describe_st_error(e: SafeTensorError, n: u64, size: u64) -> String {
     match e {
         SafeTensorError::HeaderTooLarge => format!(
-            "header length {n} is larger than the 100 MB safetensors limit or the file ({} bytes)",
-            buf.len()
+            "header length {n} is larger than the 100 MB safetensors limit or the file ({size} bytes)"
         ),
         SafeTensorError::HeaderTooSmall => "truncated: no 8-byte header length".to_string(),
         SafeTensorError::InvalidHeaderLength => format!(
-            "header length {n} runs past the end of the file ({} bytes): truncated or not a safetensors file",
-            buf.len()
+            "header length {n} runs past the end of the file ({size} bytes): truncated or not a safetensors file"
         ),
         SafeTensorError::InvalidHeader(e) => format!("header is not valid UTF-8: {e}"),
         SafeTensorError::InvalidHeaderDeserialization(e) => {
@@ -707,8 +797,7 @@ fn describe_st_error(e: SafeTensorError, buf: &[u8]) -> String {
             "a tensor's byte length disagrees with its shape and dtype".to_string()
         }
         SafeTensorError::MetadataIncompleteBuffer => format!(
-            "data section does not match the file size ({} bytes): truncated or trailing bytes",
-            buf.len()
+            "data section does not match the file size ({size} bytes): truncated or trailing bytes"
         ),
         SafeTensorError::ValidationOverflow => "a tensor's shape overflows".to_string(),
         SafeTensorError::MisalignedSlice => "a tensor's bit size is not whole bytes".to_string(),
@@ -757,26 +846,6 @@ pub fn new_run_id(model: &str) -> String {
         "{}-{model}-{suffix:04x}",
         chrono::Utc::now().format("%Y%m%d-%H%M%S")
     )
-}
-
-/// Writes bytes to `path` atomically (dot temp file beside it, sync, rename).
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    let res = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if res.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    res.map_err(|e| Error::io(path, e))
 }
 
 #[cfg(test)]

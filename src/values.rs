@@ -1,30 +1,62 @@
-//! Reading a layer's stored values as f32, in place, whatever its dtype.
+//! Reading a layer's stored values as f32, whatever its dtype.
 //!
-//! [`LayerData`] borrows the bytes of a memory-mapped run file (or owns f32 values
-//! of a run in memory) and converts elements on the fly, so a huge layer can be
-//! streamed in chunks or sampled at a few positions without being loaded whole.
+//! [`LayerData`] reads a layer of a run file with positioned reads (`pread`) into
+//! small buffers, or borrows bytes / owns f32 values of a run in memory, and
+//! converts elements on the fly, so a huge layer can be streamed in chunks or
+//! sampled at a few positions without being loaded whole.
+//!
+//! Run files are never memory-mapped: a producer that truncates a file while it is
+//! read would make a mapping fault (SIGBUS kills the process). A positioned read of
+//! a shrunken file just comes back short; the reader fills the missing values with
+//! NaN and remembers the failure, which [`LayerData::check`] reports. Every
+//! consumer that returns a result (stats, pictures, diffs, galleries) checks it.
 
 use std::borrow::Cow;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use half::{bf16, f16};
 use safetensors::Dtype;
 
+use crate::{Error, Result};
+
+/// Where the bytes are.
+enum Source<'a> {
+    /// Bytes in memory.
+    Bytes(Cow<'a, [u8]>),
+    /// f32 values already converted (runs in memory).
+    F32(Vec<f32>),
+    /// `len_bytes` bytes at `offset` in a run file, read on demand.
+    File {
+        file: &'a File,
+        offset: u64,
+        path: &'a Path,
+        layer: &'a str,
+    },
+}
+
 /// A layer's values, readable as f32 by position.
 pub struct LayerData<'a> {
-    bytes: Cow<'a, [u8]>,
-    /// Set for runs in memory: the values already converted.
-    owned: Option<Vec<f32>>,
-    /// The bytes are a read-only file mapping: pages read can be dropped again.
-    mapped: bool,
+    source: Source<'a>,
     dtype: Dtype,
     len: usize,
+    /// The first read that failed (file shrank, I/O error); later reads fill NaN.
+    failed: OnceLock<Failure>,
+}
+
+/// A failed read, kept to be reported by [`LayerData::check`].
+struct Failure {
+    path: PathBuf,
+    /// The I/O error's kind; `None` when the file ended early.
+    io: Option<std::io::ErrorKind>,
+    msg: String,
 }
 
 impl<'a> LayerData<'a> {
     /// Values stored as `dtype` in little-endian `bytes`.
     pub fn from_bytes(bytes: Cow<'a, [u8]>, dtype: Dtype) -> Result<Self, String> {
-        let size =
-            elem_size(dtype).ok_or_else(|| format!("dtype {dtype} cannot be read as numbers"))?;
+        let size = element_size(dtype)?;
         if bytes.len() % size != 0 {
             return Err(format!(
                 "{} bytes is not a whole number of {dtype} elements",
@@ -33,59 +65,52 @@ impl<'a> LayerData<'a> {
         }
         Ok(LayerData {
             len: bytes.len() / size,
-            bytes,
-            owned: None,
-            mapped: false,
+            source: Source::Bytes(bytes),
             dtype,
+            failed: OnceLock::new(),
         })
     }
 
-    /// Values in a read-only, file-backed memory mapping (a run file). Big reads
-    /// and [`LayerData::release`] drop the pages read from this process, so
-    /// streaming a huge layer does not leave it all resident.
-    pub(crate) fn from_mapped(bytes: &'a [u8], dtype: Dtype) -> Result<Self, String> {
-        let mut d = LayerData::from_bytes(Cow::Borrowed(bytes), dtype)?;
-        d.mapped = true;
-        Ok(d)
-    }
-
-    /// Drops the memory pages holding elements `elements` from this process when
-    /// the data is a file mapping (reading them again maps the same bytes back
-    /// in, from the page cache); does nothing otherwise.
-    pub fn release(&self, elements: std::ops::Range<usize>) {
-        #[cfg(unix)]
-        if self.mapped {
-            let size = self.bytes.len() / self.len.max(1);
-            let end = elements.end.min(self.len);
-            if elements.start >= end {
-                return;
-            }
-            let page = 4096usize;
-            let base = self.bytes.as_ptr() as usize;
-            let lo = (base + elements.start * size).next_multiple_of(page);
-            let hi = (base + end * size) / page * page;
-            if lo < hi {
-                // SAFETY: [lo, hi) lies inside a read-only shared file mapping owned by
-                // the run (`mapped` is set only for those). MADV_DONTNEED drops this
-                // process's page-table entries; the next access maps the same file
-                // bytes back in, so no value seen through `bytes` ever changes.
-                unsafe {
-                    libc::madvise(lo as *mut libc::c_void, hi - lo, libc::MADV_DONTNEED);
-                }
-            }
+    /// `len_bytes` bytes stored as `dtype` at `offset` of `file` (the run file at
+    /// `path`, layer `layer`: both only name the data in errors).
+    pub(crate) fn from_file(
+        file: &'a File,
+        offset: u64,
+        len_bytes: usize,
+        dtype: Dtype,
+        path: &'a Path,
+        layer: &'a str,
+    ) -> Result<Self> {
+        let size =
+            element_size(dtype).map_err(|m| Error::bad(path, format!("layer {layer:?}: {m}")))?;
+        if len_bytes % size != 0 {
+            return Err(Error::bad(
+                path,
+                format!(
+                    "layer {layer:?}: {len_bytes} bytes is not a whole number of {dtype} elements"
+                ),
+            ));
         }
-        #[cfg(not(unix))]
-        let _ = elements;
+        Ok(LayerData {
+            len: len_bytes / size,
+            source: Source::File {
+                file,
+                offset,
+                path,
+                layer,
+            },
+            dtype,
+            failed: OnceLock::new(),
+        })
     }
 
     /// Owned f32 values.
     pub fn from_f32(values: Vec<f32>) -> LayerData<'static> {
         LayerData {
             len: values.len(),
-            bytes: Cow::Borrowed(&[]),
-            owned: Some(values),
-            mapped: false,
+            source: Source::F32(values),
             dtype: Dtype::F32,
+            failed: OnceLock::new(),
         }
     }
 
@@ -104,38 +129,30 @@ impl<'a> LayerData<'a> {
         self.dtype
     }
 
-    /// Element `i` as f32 (panics when `i >= len`, like slice indexing).
-    #[inline]
-    pub fn get(&self, i: usize) -> f32 {
-        if let Some(v) = &self.owned {
-            return v[i];
-        }
-        let b = &self.bytes;
-        macro_rules! at {
-            ($n:literal) => {{
-                let s = i * $n;
-                let a: [u8; $n] = b[s..s + $n].try_into().expect("element bytes");
-                a
-            }};
-        }
-        match self.dtype {
-            Dtype::F32 => f32::from_le_bytes(at!(4)),
-            Dtype::F16 => f16::from_le_bytes(at!(2)).to_f32(),
-            Dtype::BF16 => bf16::from_le_bytes(at!(2)).to_f32(),
-            Dtype::F64 => f64::from_le_bytes(at!(8)) as f32,
-            Dtype::U8 | Dtype::BOOL => b[i] as f32,
-            Dtype::I8 => b[i] as i8 as f32,
-            Dtype::U16 => u16::from_le_bytes(at!(2)) as f32,
-            Dtype::I16 => i16::from_le_bytes(at!(2)) as f32,
-            Dtype::U32 => u32::from_le_bytes(at!(4)) as f32,
-            Dtype::I32 => i32::from_le_bytes(at!(4)) as f32,
-            Dtype::U64 => u64::from_le_bytes(at!(8)) as f32,
-            Dtype::I64 => i64::from_le_bytes(at!(8)) as f32,
-            _ => f32::NAN,
+    /// `Ok` unless a read from the run file failed (the file shrank while it was
+    /// read, or an I/O error): then the values read were incomplete (missing ones
+    /// read as NaN) and the error names the file and the layer.
+    pub fn check(&self) -> Result<()> {
+        match self.failed.get() {
+            None => Ok(()),
+            Some(f) => Err(match f.io {
+                Some(kind) => Error::io(&f.path, std::io::Error::new(kind, f.msg.clone())),
+                None => Error::bad(&f.path, f.msg.clone()),
+            }),
         }
     }
 
-    /// Converts elements `start..start + out.len()` into `out`.
+    /// Element `i` as f32 (panics when `i >= len`, like slice indexing; NaN when the
+    /// read fails, see [`LayerData::check`]).
+    pub fn get(&self, i: usize) -> f32 {
+        assert!(i < self.len, "index {i} past {} elements", self.len);
+        let mut v = [0f32];
+        self.read_into(i, &mut v);
+        v[0]
+    }
+
+    /// Converts elements `start..start + out.len()` into `out` (values that cannot
+    /// be read become NaN, see [`LayerData::check`]).
     pub fn read_into(&self, start: usize, out: &mut [f32]) {
         let end = start + out.len();
         assert!(
@@ -143,50 +160,83 @@ impl<'a> LayerData<'a> {
             "range {start}..{end} past {} elements",
             self.len
         );
-        if let Some(v) = &self.owned {
-            out.copy_from_slice(&v[start..end]);
-            return;
-        }
-        macro_rules! conv {
-            ($n:literal, $f:expr) => {{
-                let src = &self.bytes[start * $n..end * $n];
-                for (o, c) in out.iter_mut().zip(src.chunks_exact($n)) {
-                    *o = $f(c.try_into().expect("element bytes"));
-                }
-            }};
-        }
-        match self.dtype {
-            Dtype::F32 => conv!(4, f32::from_le_bytes),
-            Dtype::F16 => conv!(2, |a| f16::from_le_bytes(a).to_f32()),
-            Dtype::BF16 => conv!(2, |a| bf16::from_le_bytes(a).to_f32()),
-            Dtype::F64 => conv!(8, |a| f64::from_le_bytes(a) as f32),
-            _ => {
-                for (k, o) in out.iter_mut().enumerate() {
-                    *o = self.get(start + k);
-                }
+        match &self.source {
+            Source::F32(v) => out.copy_from_slice(&v[start..end]),
+            Source::Bytes(b) => {
+                let size = self.elem_size();
+                convert(self.dtype, &b[start * size..end * size], out);
             }
-        }
-        // Streaming a mapped layer in big chunks: do not keep what was read resident.
-        if self.mapped && (end - start) * (self.bytes.len() / self.len.max(1)) >= 1 << 16 {
-            self.release(start..end);
+            Source::File { .. } => self.read_file(start, out),
         }
     }
 
+    fn elem_size(&self) -> usize {
+        element_size(self.dtype).unwrap_or(1)
+    }
+
+    /// Reads elements from the file through a small stack of buffers: f32 data is
+    /// read straight into `out`, other dtypes through a 64 KiB buffer.
+    fn read_file(&self, start: usize, out: &mut [f32]) {
+        let Source::File {
+            file,
+            offset,
+            path,
+            layer,
+        } = &self.source
+        else {
+            return;
+        };
+        let size = self.elem_size();
+        let at = |elem: usize| offset + (elem * size) as u64;
+        if self.dtype == Dtype::F32 && cfg!(target_endian = "little") {
+            let bytes: &mut [u8] = bytemuck::cast_slice_mut(out);
+            if let Err(e) = read_exact_at(file, bytes, at(start)) {
+                self.fail(path, layer, e, out);
+            }
+            return;
+        }
+        const BUF: usize = 1 << 16;
+        let mut buf = [0u8; BUF];
+        let per = BUF / size;
+        let mut done = 0;
+        while done < out.len() {
+            let n = per.min(out.len() - done);
+            let bytes = &mut buf[..n * size];
+            if let Err(e) = read_exact_at(file, bytes, at(start + done)) {
+                self.fail(path, layer, e, &mut out[done..]);
+                return;
+            }
+            convert(self.dtype, bytes, &mut out[done..done + n]);
+            done += n;
+        }
+    }
+
+    fn fail(&self, path: &Path, layer: &str, e: std::io::Error, out: &mut [f32]) {
+        out.fill(f32::NAN);
+        let (io, msg) = if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            (None, format!("layer {layer:?}: the file ended early while it was read (truncated or rewritten by its producer?)"))
+        } else {
+            (Some(e.kind()), format!("layer {layer:?}: {e}"))
+        };
+        let _ = self.failed.set(Failure {
+            path: path.to_path_buf(),
+            io,
+            msg,
+        });
+    }
+
     /// Elements `start..start + len` borrowed in place as f32, when the layer holds
-    /// f32 values already (owned, or stored as F32, 4-byte aligned, on a
-    /// little-endian machine); `None` otherwise (use [`LayerData::read_into`]).
+    /// f32 values in memory already (owned, or bytes stored as F32, 4-byte aligned,
+    /// on a little-endian machine); `None` otherwise (use [`LayerData::read_into`]).
     pub fn f32_slice(&self, start: usize, len: usize) -> Option<&[f32]> {
         let end = start.checked_add(len).filter(|&e| e <= self.len)?;
-        if let Some(v) = &self.owned {
-            return Some(&v[start..end]);
+        match &self.source {
+            Source::F32(v) => Some(&v[start..end]),
+            Source::Bytes(b) if self.dtype == Dtype::F32 && cfg!(target_endian = "little") => {
+                bytemuck::try_cast_slice(&b[start * 4..end * 4]).ok()
+            }
+            _ => None,
         }
-        if self.dtype != Dtype::F32 || cfg!(target_endian = "big") {
-            return None;
-        }
-        let bytes = &self.bytes[start * 4..end * 4];
-        // SAFETY: any 4 bytes are a valid f32; `align_to` only yields the aligned middle.
-        let (head, mid, tail) = unsafe { bytes.align_to::<f32>() };
-        (head.is_empty() && tail.is_empty()).then_some(mid)
     }
 
     /// Calls `f(offset, values)` on consecutive chunks of at most `chunk` elements.
@@ -202,11 +252,66 @@ impl<'a> LayerData<'a> {
         }
     }
 
-    /// All values as f32.
+    /// All values as f32 (see [`LayerData::check`] for read failures).
     pub fn to_vec(&self) -> Vec<f32> {
         let mut v = vec![0f32; self.len];
         self.read_into(0, &mut v);
         v
+    }
+}
+
+/// Fills `buf` from `file` at `offset`; a file that ends first is `UnexpectedEof`.
+pub(crate) fn read_exact_at(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        std::os::unix::fs::FileExt::read_exact_at(file, buf, offset)
+    }
+    #[cfg(windows)]
+    {
+        let mut done = 0;
+        while done < buf.len() {
+            match std::os::windows::fs::FileExt::seek_read(
+                file,
+                &mut buf[done..],
+                offset + done as u64,
+            ) {
+                Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+                Ok(n) => done += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+}
+
+fn element_size(dtype: Dtype) -> Result<usize, String> {
+    elem_size(dtype).ok_or_else(|| format!("dtype {dtype} cannot be read as numbers"))
+}
+
+/// Converts little-endian elements of `dtype` in `src` into `out` (same count).
+fn convert(dtype: Dtype, src: &[u8], out: &mut [f32]) {
+    macro_rules! conv {
+        ($n:literal, $f:expr) => {{
+            for (o, c) in out.iter_mut().zip(src.chunks_exact($n)) {
+                *o = $f(c.try_into().expect("element bytes"));
+            }
+        }};
+    }
+    match dtype {
+        Dtype::F32 => conv!(4, f32::from_le_bytes),
+        Dtype::F16 => conv!(2, |a| f16::from_le_bytes(a).to_f32()),
+        Dtype::BF16 => conv!(2, |a| bf16::from_le_bytes(a).to_f32()),
+        Dtype::F64 => conv!(8, |a| f64::from_le_bytes(a) as f32),
+        Dtype::U8 | Dtype::BOOL => conv!(1, |a: [u8; 1]| a[0] as f32),
+        Dtype::I8 => conv!(1, |a: [u8; 1]| a[0] as i8 as f32),
+        Dtype::U16 => conv!(2, |a| u16::from_le_bytes(a) as f32),
+        Dtype::I16 => conv!(2, |a| i16::from_le_bytes(a) as f32),
+        Dtype::U32 => conv!(4, |a| u32::from_le_bytes(a) as f32),
+        Dtype::I32 => conv!(4, |a| i32::from_le_bytes(a) as f32),
+        Dtype::U64 => conv!(8, |a| u64::from_le_bytes(a) as f32),
+        Dtype::I64 => conv!(8, |a| i64::from_le_bytes(a) as f32),
+        _ => out.fill(f32::NAN),
     }
 }
 

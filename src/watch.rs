@@ -63,7 +63,7 @@ pub mod decide;
 pub mod source;
 pub mod worker;
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -195,16 +195,16 @@ impl Watch {
                 msg: "not a folder".into(),
             });
         }
-        std::fs::create_dir_all(&o.out).map_err(|e| Error::io(&o.out, e))?;
         let out = absolute(&o.out);
-        let _lock = lock(&out)?;
-        let cleaned = clean_stale(&out);
-        if cleaned > 0 {
-            info!(
-                "removed {cleaned} unfinished temp folder(s) from an earlier run in {}",
-                out.display()
-            );
+        if same_folder(&runs, &out) {
+            return Err(Error::Watch {
+                path: out,
+                msg: "the output folder is the runs folder; choose another --out (e.g. a sibling `galleries`)".into(),
+            });
         }
+        std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, e))?;
+        let _lock = lock(&out)?;
+        clean_stale(&out, &runs);
 
         let (done_tx, done_rx) = crossbeam_channel::unbounded();
         let (ev_tx, ev_rx) = crossbeam_channel::unbounded();
@@ -236,6 +236,8 @@ impl Watch {
             pool,
             prune: o.policy.prune,
             summary: Summary::default(),
+            skipped: HashSet::new(),
+            retrying: HashMap::new(),
         };
         shell.index.ping();
         shell.scan(true);
@@ -276,6 +278,7 @@ impl Watch {
             shell.apply(due);
             if let (Some(at), Some(every)) = (next_rescan, o.rescan) {
                 if at <= now {
+                    clean_stale(&shell.out, &shell.runs);
                     shell.scan(false);
                     next_rescan = Some(now + every);
                 }
@@ -327,6 +330,14 @@ fn absolute(p: &Path) -> PathBuf {
     std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
 }
 
+/// True when `a` and `b` are the same folder (compared canonically when both exist).
+fn same_folder(a: &Path, b: &Path) -> bool {
+    match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => a == b,
+    }
+}
+
 /// What the daemon sees of one run file and its gallery now.
 pub fn observe(out: &Path, path: &Path) -> Observation {
     let source = worker::facts_now(path);
@@ -353,6 +364,10 @@ struct Shell {
     pool: Pool,
     prune: bool,
     summary: Summary,
+    /// Paths named like runs that are not regular files (logged once each).
+    skipped: HashSet<PathBuf>,
+    /// Runs waiting after an I/O failure, with the last message logged.
+    retrying: HashMap<String, String>,
 }
 
 impl Shell {
@@ -369,7 +384,31 @@ impl Shell {
         }
     }
 
+    /// Logs (once) and skips a path named like a run that is not a regular file:
+    /// a FIFO, socket, device or folder is never opened.
+    fn skip_odd(&mut self, path: &Path) -> bool {
+        match std::fs::metadata(path) {
+            Ok(md) if !md.is_file() => {
+                if self.skipped.insert(path.to_path_buf()) {
+                    warn!(
+                        "{}: not a regular file ({}); skipped",
+                        path.display(),
+                        crate::runfile::file_kind(&md)
+                    );
+                }
+                true
+            }
+            _ => {
+                self.skipped.remove(path);
+                false
+            }
+        }
+    }
+
     fn look(&mut self, path: &Path) -> (bool, bool) {
+        if self.skip_odd(path) {
+            return (false, false);
+        }
         let o = observe(&self.out, path);
         let up = o.up_to_date;
         let acts = self.planner.observe(o, Instant::now());
@@ -413,9 +452,23 @@ impl Shell {
                 self.index.ping();
             }
             Outcome::Changed => self.index.ping(),
-            Outcome::Vanished => debug!("{}: the run file is gone", d.id),
+            Outcome::Vanished => {
+                debug!("{}: the run file is gone", d.id);
+                // Its gallery may have been swapped in just before it went.
+                self.index.ping();
+            }
+            Outcome::Retry { message } => {
+                // Once per distinct failure; the wait grows while it lasts.
+                if self.retrying.get(&d.id) != Some(message) {
+                    warn!("{message} (will retry)");
+                    self.retrying.insert(d.id.clone(), message.clone());
+                }
+            }
             Outcome::Failed { .. } if d.job != Job::Render => self.summary.failed += 1,
             Outcome::Failed { .. } => {}
+        }
+        if !matches!(d.outcome, Outcome::Retry { .. }) && self.retrying.remove(&d.id).is_some() {
+            info!("{}: writing works again", d.id);
         }
         let failed = matches!(d.outcome, Outcome::Failed { .. }) && d.job == Job::Render;
         let message = match &d.outcome {
@@ -485,29 +538,20 @@ fn orphans(out: &Path, runs: &Path) -> Vec<PathBuf> {
         .collect()
 }
 
-/// Removes what a killed daemon or render left in `out`: dot folders (galleries
-/// being built or swapped) and dot `*.tmp` files. Returns how many.
-fn clean_stale(out: &Path) -> usize {
-    let Ok(rd) = std::fs::read_dir(out) else {
-        return 0;
-    };
-    let mut n = 0;
-    for e in rd.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        if !name.starts_with('.') || name == LOCK_FILE {
-            continue;
+/// Removes what dead candlelight processes left in `out` (staging and trash folders,
+/// temp files) and in `runs` (run-file temps of killed producers): only leftovers
+/// that [`crate::staging`] can prove are candlelight's and whose writer is gone.
+fn clean_stale(out: &Path, runs: &Path) {
+    for dir in [out, runs] {
+        let removed = crate::staging::clean_stale(dir);
+        if !removed.is_empty() {
+            info!(
+                "removed {} leftover(s) of stopped candlelight processes in {}",
+                removed.len(),
+                dir.display()
+            );
         }
-        let Ok(t) = e.file_type() else { continue };
-        let removed = if t.is_dir() {
-            std::fs::remove_dir_all(e.path()).is_ok()
-        } else if name.ends_with(".tmp") {
-            std::fs::remove_file(e.path()).is_ok()
-        } else {
-            false
-        };
-        n += usize::from(removed);
     }
-    n
 }
 
 /// Holds `out/.candlelight-watch.lock` (released when the file is dropped).

@@ -494,7 +494,12 @@ fn the_diff_gallery_shows_every_layer_and_marks_the_first_divergence() {
     let other = dir.path().join("other");
     std::fs::create_dir_all(other.join("layers")).unwrap();
     let out = cl_code(&["diff", s(&a), s(&b), "--out", s(&other)], dir.path(), 2);
-    assert!(stderr(&out).contains("not from a candlelight diff gallery"));
+    assert!(
+        stderr(&out).contains("not replacing it"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(other.join("layers").is_dir());
 }
 
 /// The shipped MNIST CNN on a sample digit, recorded in f32, stored as bf16, and

@@ -204,7 +204,7 @@ fn hostile_names_stay_inside_and_are_escaped() {
             .into_owned();
         assert!(
             rel.chars()
-                .all(|c| c.is_ascii_alphanumeric() || "._-/".contains(c)),
+                .all(|c| c.is_ascii_alphanumeric() || "._-/~".contains(c)),
             "unsanitized file name {rel:?}"
         );
     }
@@ -498,6 +498,8 @@ fn the_index_lists_newest_first_and_ignores_dot_folders_and_bad_thumbnails() {
         source: format!("/runs/{run_id}.safetensors").into(),
         source_size: 1,
         source_mtime_ns: 1,
+        source_ino: 1,
+        source_ctime_ns: 1,
         run_id: run_id.into(),
         created: created.into(),
         model: "m".into(),

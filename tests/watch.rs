@@ -145,7 +145,7 @@ fn run_bytes(run: &Run) -> Vec<u8> {
 /// Writes `runs/<stem>.safetensors` atomically (dot temp file, then rename).
 fn put(runs: &Path, stem: &str, bytes: &[u8]) -> PathBuf {
     let target = runs.join(format!("{stem}.safetensors"));
-    candlelight::runfile::write_atomic(&target, bytes).unwrap();
+    candlelight::staging::write_atomic(&target, bytes).unwrap();
     target
 }
 
@@ -326,22 +326,23 @@ fn a_malformed_file_gets_an_error_page_and_the_others_are_rendered() {
     for i in 0..2 {
         put(runs.path(), &format!("good{i}"), &run_bytes(&tiny(i, 2)));
     }
-    put(
+    let bad = put(
         runs.path(),
         "bad<x>",
         b"\x10\0\0\0\0\0\0\0{\"a\": <oops>}xx",
     );
+    let bad_gallery = candlelight::gallery::gallery_name(&bad);
     for i in 2..4 {
         put(runs.path(), &format!("good{i}"), &run_bytes(&tiny(i, 2)));
     }
     d.wait("the error page", || {
-        manifest(out.path(), "bad-x-").is_some()
+        manifest(out.path(), &bad_gallery).is_some()
     });
-    let m = manifest(out.path(), "bad-x-").unwrap();
+    let m = manifest(out.path(), &bad_gallery).unwrap();
     assert_eq!(m.status, "error");
     let msg = m.error.unwrap();
     assert!(msg.contains("bad<x>.safetensors"), "{msg}");
-    let page = std::fs::read_to_string(out.path().join("bad-x-/index.html")).unwrap();
+    let page = std::fs::read_to_string(out.path().join(&bad_gallery).join("index.html")).unwrap();
     assert!(page.contains("bad&lt;x&gt;.safetensors"), "{page}");
     assert!(!page.contains("bad<x>"), "unescaped: {page}");
     d.wait("the good runs", || {

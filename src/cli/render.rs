@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
-use candlelight::gallery::{render_gallery, write_index, GalleryOptions};
+use candlelight::gallery::{gallery_name, render_gallery, write_index, GalleryOptions};
 use candlelight::render::{Colormap, RenderOptions, Scale};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -71,8 +71,24 @@ pub fn render(args: RenderArgs) -> Result<i32> {
         ProgressBar::hidden()
     };
     let mut failed = 0;
+    // Run files of the same name in different folders would share one gallery.
+    let mut names = std::collections::HashMap::new();
     for path in &args.runs {
         pb.set_message(path.display().to_string());
+        if let Some(first) = names.insert(gallery_name(path), path) {
+            if absolute(first) != absolute(path) {
+                failed += 1;
+                pb.suspend(|| {
+                    eprintln!(
+                        "error: {}: its gallery name is that of {}; render it into another --out",
+                        path.display(),
+                        first.display()
+                    )
+                });
+                pb.inc(1);
+                continue;
+            }
+        }
         match render_gallery(path, &args.out, &opts) {
             Ok(m) => pb.suspend(|| {
                 println!(

@@ -481,7 +481,15 @@ pub fn render_tensor(t: &Tensor, opts: &RenderOptions) -> Result<RgbImage> {
 }
 
 /// Like [`render_layer`], also returning the layout, colormap and value range used.
+/// A read of the run file that fails while drawing is an error (see
+/// [`LayerData::check`]).
 pub fn render(data: &LayerData<'_>, shape: &[usize], opts: &RenderOptions) -> Result<Picture> {
+    let picture = draw(data, shape, opts);
+    data.check()?;
+    picture
+}
+
+fn draw(data: &LayerData<'_>, shape: &[usize], opts: &RenderOptions) -> Result<Picture> {
     let n = checked_len(shape)?;
     if n != data.len() {
         return Err(Error::Invalid(format!(
@@ -548,13 +556,11 @@ pub fn render(data: &LayerData<'_>, shape: &[usize], opts: &RenderOptions) -> Re
 /// Values of one tile, reduced by the layout's axes: finite means, NaN where a
 /// non-finite value fell, [`BLANK`] past the end of a folded vector.
 fn reduce_tile(data: &LayerData<'_>, l: &Layout, start: usize) -> Vec<f32> {
-    let (h, w, len) = (l.tile_h, l.tile_w, l.tile_len);
+    let (h, w) = (l.tile_h, l.tile_w);
     let (dy, dx) = (l.y.down, l.x.down);
     let (rh, rw) = (h.div_ceil(dy), w.div_ceil(dx));
     let mut out = vec![BLANK; rh * rw];
     reduce_tile_into(data, l, start, &mut out);
-    // A tile of a mapped layer is read once: drop its pages from this process.
-    data.release(start..start + len);
     out
 }
 

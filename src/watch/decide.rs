@@ -11,12 +11,8 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-/// Size and modification time of a run file: what tells one version from the next.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Facts {
-    pub size: u64,
-    pub mtime_ns: u128,
-}
+/// What tells one version of a run file from the next (size, mtime, inode, ctime).
+pub use crate::gallery::SourceFacts as Facts;
 
 /// What the shell saw when it looked at one run file and its gallery.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,6 +79,10 @@ pub enum Outcome {
         facts: Option<Facts>,
         message: String,
     },
+    /// An I/O failure on the machine's side (no space, a disk error, no permission):
+    /// not a verdict on the run. Tried again with a growing wait, never turned into
+    /// an error page; the gallery already there stays.
+    Retry { message: String },
 }
 
 /// How the planner retries and what it does with deleted runs.
@@ -95,11 +95,14 @@ pub struct Policy {
     pub retry_delays: Vec<Duration>,
     /// Remove the galleries of deleted run files.
     pub prune: bool,
+    /// Waits after I/O failures ([`Outcome::Retry`]): the first one, doubled after
+    /// each failure in a row up to the second one.
+    pub io_retry: (Duration, Duration),
 }
 
 impl Default for Policy {
     /// Retries after 250 ms, 500 ms and 1 s (error page ~1.75 s after the last
-    /// change); no pruning.
+    /// change); I/O failures retried after 1 s, 2 s, 4 s, ... up to 60 s; no pruning.
     fn default() -> Self {
         Policy {
             retry_delays: vec![
@@ -108,6 +111,7 @@ impl Default for Policy {
                 Duration::from_millis(1000),
             ],
             prune: false,
+            io_retry: (Duration::from_secs(1), Duration::from_secs(60)),
         }
     }
 }
@@ -120,6 +124,13 @@ impl Policy {
             .or(d.last())
             .copied()
             .unwrap_or_default()
+    }
+
+    /// The wait after the `n`-th I/O failure in a row (1-based).
+    fn io_delay(&self, n: usize) -> Duration {
+        let (first, max) = self.io_retry;
+        let doublings = n.saturating_sub(1).min(20) as u32;
+        first.saturating_mul(1 << doublings).min(max)
     }
 }
 
@@ -144,6 +155,8 @@ struct Entry {
     state: State,
     /// Failed attempts in a row on `failed_facts`.
     failures: usize,
+    /// I/O failures in a row ([`Outcome::Retry`]).
+    io_failures: usize,
     failed_facts: Option<Facts>,
     message: String,
 }
@@ -193,6 +206,7 @@ impl Planner {
             path: path.clone(),
             state: State::Busy { kind, dirty: false },
             failures: 0,
+            io_failures: 0,
             failed_facts: None,
             message: String::new(),
         });
@@ -251,6 +265,14 @@ impl Planner {
             path: path.clone(),
         };
         match outcome {
+            Outcome::Retry { message } => {
+                e.io_failures += 1;
+                e.message = message;
+                e.state = State::Waiting {
+                    due: now + self.policy.io_delay(e.io_failures),
+                };
+                vec![]
+            }
             Outcome::Rendered | Outcome::ErrorPage | Outcome::Pruned => {
                 self.runs.remove(id);
                 if dirty {
@@ -334,6 +356,8 @@ mod tests {
         Some(Facts {
             size,
             mtime_ns: 1_000 + size as u128,
+            ino: 7,
+            ctime_ns: 1_000 + size as u128,
         })
     }
 
@@ -479,6 +503,7 @@ mod tests {
         let mut p = Planner::new(Policy {
             retry_delays: vec![ms(10)],
             prune: false,
+            ..Policy::default()
         });
         p.observe(seen("x", facts(5), false), t);
         p.done("x", failed(5), t);
@@ -548,6 +573,7 @@ mod tests {
         let mut p = Planner::new(Policy {
             retry_delays: vec![],
             prune: false,
+            ..Policy::default()
         });
         p.observe(seen("v", facts(1), false), t);
         assert_eq!(
@@ -570,6 +596,52 @@ mod tests {
         ));
         assert_eq!(p.done("e", failed(1), t), vec![]);
         assert!(p.is_idle());
+    }
+
+    #[test]
+    fn io_failures_back_off_and_never_write_an_error_page() {
+        let t = Instant::now();
+        let mut p = Planner::default();
+        let mut now = t;
+        p.observe(seen("x", facts(5), false), now);
+        // Far more I/O failures than render retries: waits grow to the cap, and
+        // every retry is a render, never an error page.
+        for (n, wait) in [1u64, 2, 4, 8, 16, 32, 60, 60, 60].into_iter().enumerate() {
+            let out = Outcome::Retry {
+                message: format!("no space ({n})"),
+            };
+            assert_eq!(p.done("x", out, now), vec![]);
+            assert_eq!(p.next_due(), Some(now + Duration::from_secs(wait)));
+            now += Duration::from_secs(wait);
+            assert_eq!(p.tick(now), vec![render("x")]);
+        }
+        // Space is back: rendered, forgotten.
+        assert_eq!(p.done("x", Outcome::Rendered, now), vec![]);
+        assert!(p.is_idle());
+    }
+
+    #[test]
+    fn a_failed_error_page_for_lack_of_space_is_tried_again() {
+        let t = Instant::now();
+        let mut p = Planner::new(Policy {
+            retry_delays: vec![],
+            ..Policy::default()
+        });
+        p.observe(seen("e", facts(1), false), t);
+        let a = p.done("e", failed(1), t);
+        assert!(matches!(
+            &a[..],
+            [Action::Start(Task {
+                job: Job::ErrorPage { .. },
+                ..
+            })]
+        ));
+        let retry = Outcome::Retry {
+            message: "no space".into(),
+        };
+        assert_eq!(p.done("e", retry, t), vec![]);
+        assert!(!p.is_idle());
+        assert_eq!(p.tick(t + Duration::from_secs(1)), vec![render("e")]);
     }
 
     #[test]

@@ -171,7 +171,7 @@ pub fn scan(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut out: Vec<PathBuf> = rd
         .flatten()
         .filter(|e| is_run_file_name(&e.file_name().to_string_lossy()))
-        .filter(|e| e.file_type().is_ok_and(|t| t.is_file() || t.is_symlink()))
+        .filter(|e| e.file_type().is_ok_and(|t| !t.is_dir()))
         .map(|e| dir.join(e.file_name()))
         .collect();
     out.sort();

@@ -13,6 +13,7 @@ use tracing::{debug, error, info, warn};
 
 use super::decide::{Facts, Job, Outcome, Task};
 use crate::gallery::{self, GalleryOptions};
+use crate::staging::{Kind, Temp};
 use crate::Error;
 
 /// A finished task.
@@ -36,10 +37,33 @@ pub struct Pool {
 
 /// Facts of the run file now; `None` if there is no regular file.
 pub fn facts_now(path: &Path) -> Option<Facts> {
-    gallery::source_facts(path).ok().map(|f| Facts {
-        size: f.size,
-        mtime_ns: f.mtime_ns,
-    })
+    gallery::source_facts(path).ok()
+}
+
+/// The outcome of a task that failed with `e`: an I/O failure is a [`Outcome::Retry`]
+/// (its message names the run, not a temp folder); anything else is a verdict on the
+/// run, [`Outcome::Failed`].
+fn failure(task: &Task, out: &Path, facts: Option<Facts>, e: &Error) -> Outcome {
+    match e {
+        Error::Io { path, source } => {
+            let message = if path.starts_with(out) {
+                format!(
+                    "{}: cannot write its gallery into {}: {source}",
+                    task.path.display(),
+                    out.display()
+                )
+            } else if path == &task.path {
+                format!("{}: {source}", task.path.display())
+            } else {
+                format!("{}: {}: {source}", task.path.display(), path.display())
+            };
+            Outcome::Retry { message }
+        }
+        _ => Outcome::Failed {
+            facts,
+            message: one_line(e),
+        },
+    }
 }
 
 /// An error as one line (no newlines, causes included once).
@@ -173,10 +197,7 @@ fn render(task: &Task, out: &Path, opts: &GalleryOptions) -> Outcome {
         }
         Err(e) => {
             debug!("rendered {} in {ms} ms: failed", task.id);
-            Outcome::Failed {
-                facts: Some(before),
-                message: one_line(&e),
-            }
+            failure(task, out, Some(before), &e)
         }
     }
 }
@@ -191,10 +212,7 @@ fn error_page(task: &Task, out: &Path, facts: Option<Facts>, message: &str) -> O
     }
     match gallery::write_error_gallery(&task.path, out, message) {
         Ok(m) => {
-            let written = Some(Facts {
-                size: m.source_size,
-                mtime_ns: m.source_mtime_ns,
-            });
+            let written = Some(m.source_facts());
             if written != facts {
                 // The file changed just now: the page describes another version.
                 return Outcome::Changed;
@@ -203,12 +221,11 @@ fn error_page(task: &Task, out: &Path, facts: Option<Facts>, message: &str) -> O
             Outcome::ErrorPage
         }
         Err(e) => {
-            let msg = one_line(&e);
-            error!("cannot write the error page of {}: {msg}", task.id);
-            Outcome::Failed {
-                facts: now,
-                message: msg,
+            let outcome = failure(task, out, now, &e);
+            if let Outcome::Failed { message, .. } = &outcome {
+                error!("cannot write the error page of {}: {message}", task.id);
             }
+            outcome
         }
     }
 }
@@ -219,28 +236,25 @@ fn prune(task: &Task, out: &Path) -> Outcome {
         return Outcome::Changed;
     }
     let dir = gallery::gallery_dir(out, &task.path);
-    // Only a gallery whose source is gone, whatever folder it came from.
+    // Only a gallery of ours (a manifest) made from this very path, now gone.
     match gallery::read_manifest(&dir) {
-        Some(m) if !m.source.exists() => {}
+        Some(m) if m.source == task.path && !m.source.exists() => {}
         _ => return Outcome::Pruned,
     }
-    let name = dir.file_name().unwrap_or_default().to_string_lossy();
-    let aside = out.join(format!(".prune-{name}-{}", std::process::id()));
-    let res = std::fs::rename(&dir, &aside)
-        .and_then(|_| std::fs::remove_dir_all(&aside))
-        .map_err(|e| Error::io(&dir, e));
+    // Moved into a trash folder of ours first: a kill mid-way leaves only what
+    // the next start can prove is ours.
+    let res = Temp::dir(out, Kind::Trash).and_then(|trash| {
+        std::fs::rename(&dir, trash.path().join("old")).map_err(|e| Error::io(&dir, e))
+    });
     match res {
         Ok(()) => {
             info!("pruned {} (its run file is gone)", task.id);
             Outcome::Pruned
         }
         Err(e) => {
-            let msg = one_line(&e);
-            warn!("cannot prune {}: {msg}", task.id);
-            Outcome::Failed {
-                facts: None,
-                message: msg,
-            }
+            let outcome = failure(task, out, None, &e);
+            warn!("cannot prune {}: {}", task.id, one_line(&e));
+            outcome
         }
     }
 }
