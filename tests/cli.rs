@@ -1,5 +1,11 @@
 //! `candlelight ls` and `show` on real files, through the real binary.
 
+use std::ffi::OsStr;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
 use candle_core::{Device, Tensor};
 use candlelight::{tap, Recorder};
 
@@ -87,4 +93,139 @@ fn every_subcommand_has_help() {
         let out = cl_code(&[sub, "--help"], dir.path(), 0);
         assert!(stdout(&out).contains("Usage"), "{sub}");
     }
+}
+
+// ---- Broken pipes: `candlelight ... | head` exits quietly ----
+
+/// A run of `n` tiny layers, saved as `dir/<id>.safetensors`.
+fn write_wide_run(dir: &Path, id: &str, n: usize, scale: f64) -> PathBuf {
+    let t = Tensor::arange(0f32, 4., &Device::Cpu).unwrap();
+    let (_, run) = Recorder::new("wide")
+        .id(id)
+        .record(|| {
+            for i in 0..n {
+                tap(&format!("block.{i}.out"), &((&t * scale)? + i as f64)?)?;
+            }
+            Ok(())
+        })
+        .unwrap();
+    run.save(dir).unwrap()
+}
+
+/// Runs the binary with stdout to a pipe, reads a few bytes, closes the pipe and
+/// waits: the exit must be quiet (no panic, no backtrace, not 101). The output is
+/// far larger than a pipe buffer, so the binary is still writing when the pipe closes.
+fn closed_stdout_is_quiet(args: &[&OsStr], cwd: &Path) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_candlelight"))
+        .args(args)
+        .current_dir(cwd)
+        .env("RUST_BACKTRACE", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run candlelight");
+    let mut so = child.stdout.take().expect("stdout");
+    let mut head = [0u8; 16];
+    so.read_exact(&mut head)
+        .expect("the first bytes of the output");
+    drop(so);
+    let out = child.wait_with_output().expect("wait");
+    let err = common::stderr(&out);
+    let what = format!(
+        "candlelight {args:?} with stdout closed: {:?}\n{err}",
+        out.status
+    );
+    assert_ne!(out.status.code(), Some(101), "{what}");
+    assert!(!err.contains("panicked"), "{what}");
+    assert!(!err.contains("backtrace"), "{what}");
+    assert!(!err.contains("Broken pipe"), "{what}");
+    // Like `ls | head`: killed by SIGPIPE, or a clean exit.
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::ExitStatusExt;
+        assert!(
+            out.status.success() || out.status.signal() == Some(libc::SIGPIPE),
+            "{what}"
+        );
+    }
+}
+
+#[test]
+fn ls_into_a_closed_pipe_exits_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    let runs = dir.path().join("runs");
+    std::fs::create_dir(&runs).unwrap();
+    let first = write_wide_run(&runs, "run-0000", 1, 1.0);
+    // ~85 bytes a line: 1,200 runs are well past a 64 KiB pipe buffer.
+    for i in 1..1200 {
+        std::fs::copy(&first, runs.join(format!("run-{i:04}.safetensors"))).unwrap();
+    }
+    closed_stdout_is_quiet(&[OsStr::new("ls"), runs.as_os_str()], dir.path());
+}
+
+#[test]
+fn show_and_diff_into_a_closed_pipe_exit_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = write_wide_run(dir.path(), "a", 1500, 1.0);
+    let b = write_wide_run(dir.path(), "b", 1500, 1.5);
+    let s = OsStr::new;
+    closed_stdout_is_quiet(&[s("show"), a.as_os_str()], dir.path());
+    closed_stdout_is_quiet(&[s("diff"), a.as_os_str(), b.as_os_str()], dir.path());
+    closed_stdout_is_quiet(
+        &[s("diff"), a.as_os_str(), b.as_os_str(), s("--json")],
+        dir.path(),
+    );
+}
+
+/// The daemon must outlive whoever read its logs: `watch` with its stderr closed
+/// still renders and exits normally.
+#[test]
+fn watch_survives_a_closed_stderr() {
+    let dir = tempfile::tempdir().unwrap();
+    let runs = dir.path().join("runs");
+    let out = dir.path().join("galleries");
+    std::fs::create_dir(&runs).unwrap();
+    for i in 0..3 {
+        write_run_named(&runs, &format!("w{i}"));
+    }
+    let mut child = Command::new(env!("CARGO_BIN_EXE_candlelight"))
+        .arg("watch")
+        .arg(&runs)
+        .arg("--out")
+        .arg(&out)
+        .args(["--once", "-j", "1"])
+        .current_dir(dir.path())
+        .env("RUST_LOG", "debug")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run candlelight");
+    drop(child.stderr.take());
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("watch --once did not finish within 120 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "{status:?}\n{}",
+        common::list_files(dir.path())
+    );
+    for i in 0..3 {
+        assert!(
+            out.join(format!("w{i}")).join("index.html").is_file(),
+            "w{i}"
+        );
+    }
+}
+
+fn write_run_named(dir: &Path, id: &str) -> PathBuf {
+    write_wide_run(dir, id, 2, 1.0)
 }
