@@ -229,3 +229,170 @@ fn watch_survives_a_closed_stderr() {
 fn write_run_named(dir: &Path, id: &str) -> PathBuf {
     write_wide_run(dir, id, 2, 1.0)
 }
+
+// ---- File names that are not UTF-8 ----
+
+#[cfg(unix)]
+fn os(bytes: &[u8]) -> &OsStr {
+    use std::os::unix::ffi::OsStrExt;
+    OsStr::from_bytes(bytes)
+}
+
+/// A folder `d\xfe` holding a valid run `bad\xff.safetensors`: every command works
+/// on it and shows the names lossily.
+#[cfg(unix)]
+#[test]
+fn non_utf8_file_names_work_everywhere() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join(os(b"d\xfe"));
+    std::fs::create_dir(&dir).unwrap();
+    let made = write_run(&dir, "nonutf8", 3);
+    let run = dir.join(os(b"bad\xff.safetensors"));
+    std::fs::rename(&made, &run).unwrap();
+    let cwd = tmp.path();
+    let s = OsStr::new;
+
+    let out = common::cl_os_code(&[s("ls"), dir.as_os_str()], cwd, 0);
+    let text = stdout(&out);
+    let line = text
+        .lines()
+        .find(|l| l.contains("bad\u{FFFD}"))
+        .unwrap_or_else(|| panic!("no line for bad\\xff in\n{text}"));
+    assert!(line.split_whitespace().any(|w| w == "3"), "{line}");
+    assert!(!text.contains("invalid"), "{text}");
+
+    let out = common::cl_os_code(&[s("show"), run.as_os_str()], cwd, 0);
+    assert!(stdout(&out).contains("layer2"), "{}", stdout(&out));
+    let out = common::cl_os_code(&[s("show"), run.as_os_str(), s("layer1")], cwd, 0);
+    assert!(stdout(&out).contains("histogram"), "{}", stdout(&out));
+
+    // A UTF-8 run rendered into a folder whose name is not UTF-8.
+    let galleries = tmp.path().join(os(b"out\xfd"));
+    let plain = write_run(tmp.path(), "plain", 2);
+    let out = common::cl_os_code(
+        &[
+            s("render"),
+            plain.as_os_str(),
+            s("--out"),
+            galleries.as_os_str(),
+        ],
+        cwd,
+        0,
+    );
+    assert_eq!(gallery_pages(&galleries).len(), 2, "{}", stdout(&out));
+    // The non-UTF-8 run: rendered, or (while the gallery manifest can only store a
+    // UTF-8 source path) refused in one line that names the file and says why.
+    let out = common::cl_os(
+        &[
+            s("render"),
+            run.as_os_str(),
+            s("--out"),
+            galleries.as_os_str(),
+        ],
+        cwd,
+    );
+    let err = common::stderr(&out);
+    match out.status.code() {
+        Some(0) => assert_eq!(gallery_pages(&galleries).len(), 3, "{}", stdout(&out)),
+        Some(2) => {
+            let lines: Vec<&str> = err.lines().collect();
+            assert_eq!(lines.len(), 1, "{err}");
+            assert!(lines[0].contains("bad\u{FFFD}.safetensors"), "{err}");
+            assert!(lines[0].contains("not valid UTF-8"), "{err}");
+            assert!(!err.contains("manifest.json"), "{err}");
+        }
+        code => panic!("render exited {code:?}\n{err}"),
+    }
+
+    let out = common::cl_os_code(&[s("diff"), run.as_os_str(), run.as_os_str()], cwd, 0);
+    let text = stdout(&out);
+    assert!(text.contains("all layers agree"), "{text}");
+    assert!(text.contains("bad\u{FFFD}.safetensors"), "{text}");
+    let out = common::cl_os_code(
+        &[s("diff"), run.as_os_str(), run.as_os_str(), s("--json")],
+        cwd,
+        0,
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["agrees"], true, "{json}");
+    assert!(
+        json["a"]["path"]
+            .as_str()
+            .is_some_and(|p| p.ends_with("bad\u{FFFD}.safetensors")),
+        "{json}"
+    );
+    let page = tmp.path().join(os(b"diff\xfc"));
+    let out = common::cl_os_code(
+        &[
+            s("diff"),
+            run.as_os_str(),
+            run.as_os_str(),
+            s("--out"),
+            page.as_os_str(),
+        ],
+        cwd,
+        0,
+    );
+    assert_eq!(gallery_pages(&page).len(), 1, "{}", stdout(&out));
+}
+
+/// The `index.html` files under `dir` (galleries and the index).
+fn gallery_pages(dir: &Path) -> Vec<PathBuf> {
+    common::files_under(dir)
+        .into_iter()
+        .filter(|p| p.file_name() == Some(OsStr::new("index.html")))
+        .collect()
+}
+
+/// A missing path that is not UTF-8: exit 2, one line on stderr naming the file.
+#[cfg(unix)]
+#[test]
+fn missing_non_utf8_paths_fail_in_one_line_naming_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cwd = tmp.path();
+    let good = write_run(cwd, "good", 1);
+    let missing = cwd.join(os(b"missing\xff.safetensors"));
+    let nodir = cwd.join(os(b"nodir\xfe"));
+    let s = OsStr::new;
+    let cases: Vec<(Vec<&OsStr>, &str)> = vec![
+        (vec![s("ls"), nodir.as_os_str()], "nodir\u{FFFD}"),
+        (
+            vec![s("show"), missing.as_os_str()],
+            "missing\u{FFFD}.safetensors",
+        ),
+        (
+            vec![s("render"), missing.as_os_str(), s("--out"), s("g")],
+            "missing\u{FFFD}.safetensors",
+        ),
+        (
+            vec![s("diff"), missing.as_os_str(), good.as_os_str()],
+            "missing\u{FFFD}.safetensors",
+        ),
+        (
+            vec![s("diff"), good.as_os_str(), missing.as_os_str()],
+            "missing\u{FFFD}.safetensors",
+        ),
+        (
+            vec![
+                s("diff"),
+                good.as_os_str(),
+                good.as_os_str(),
+                s("--map"),
+                missing.as_os_str(),
+            ],
+            "missing\u{FFFD}.safetensors",
+        ),
+    ];
+    for (args, name) in cases {
+        let out = common::cl_os_code(&args, cwd, 2);
+        let err = common::stderr(&out);
+        let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert_eq!(lines.len(), 1, "{args:?}: one line expected:\n{err}");
+        assert!(lines[0].starts_with("error: "), "{args:?}: {err}");
+        assert!(
+            lines[0].contains(name),
+            "{args:?}: {name} not named in {err}"
+        );
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+    }
+}
