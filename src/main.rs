@@ -2,6 +2,8 @@
 
 mod cli;
 
+use std::io::Write;
+
 use clap::Parser;
 
 fn main() {
@@ -9,7 +11,6 @@ fn main() {
     let code = match cli::run(cli) {
         Ok(code) => code,
         Err(e) => {
-            // One line: the file and what is wrong.
             // One line: the file and what is wrong (a cause already quoted is not repeated).
             let mut msg = String::new();
             for c in e.chain() {
@@ -21,7 +22,8 @@ fn main() {
                     msg.push_str(&c);
                 }
             }
-            eprintln!("error: {}", msg.replace('\n', " "));
+            // Not `eprintln!`: a closed stderr must not turn an error into a panic.
+            let _ = writeln!(std::io::stderr(), "error: {}", msg.replace('\n', " "));
             2
         }
     };

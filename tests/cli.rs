@@ -1,5 +1,11 @@
 //! `candlelight ls` and `show` on real files, through the real binary.
 
+use std::ffi::OsStr;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
 use candle_core::{Device, Tensor};
 use candlelight::{tap, Recorder};
 
@@ -86,5 +92,307 @@ fn every_subcommand_has_help() {
     for sub in ["ls", "show"] {
         let out = cl_code(&[sub, "--help"], dir.path(), 0);
         assert!(stdout(&out).contains("Usage"), "{sub}");
+    }
+}
+
+// ---- Broken pipes: `candlelight ... | head` exits quietly ----
+
+/// A run of `n` tiny layers, saved as `dir/<id>.safetensors`.
+fn write_wide_run(dir: &Path, id: &str, n: usize, scale: f64) -> PathBuf {
+    let t = Tensor::arange(0f32, 4., &Device::Cpu).unwrap();
+    let (_, run) = Recorder::new("wide")
+        .id(id)
+        .record(|| {
+            for i in 0..n {
+                tap(&format!("block.{i}.out"), &((&t * scale)? + i as f64)?)?;
+            }
+            Ok(())
+        })
+        .unwrap();
+    run.save(dir).unwrap()
+}
+
+/// Runs the binary with stdout to a pipe, reads a few bytes, closes the pipe and
+/// waits: the exit must be quiet (no panic, no backtrace, not 101). The output is
+/// far larger than a pipe buffer, so the binary is still writing when the pipe closes.
+fn closed_stdout_is_quiet(args: &[&OsStr], cwd: &Path) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_candlelight"))
+        .args(args)
+        .current_dir(cwd)
+        .env("RUST_BACKTRACE", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run candlelight");
+    let mut so = child.stdout.take().expect("stdout");
+    let mut head = [0u8; 16];
+    so.read_exact(&mut head)
+        .expect("the first bytes of the output");
+    drop(so);
+    let out = child.wait_with_output().expect("wait");
+    let err = common::stderr(&out);
+    let what = format!(
+        "candlelight {args:?} with stdout closed: {:?}\n{err}",
+        out.status
+    );
+    assert_ne!(out.status.code(), Some(101), "{what}");
+    assert!(!err.contains("panicked"), "{what}");
+    assert!(!err.contains("backtrace"), "{what}");
+    assert!(!err.contains("Broken pipe"), "{what}");
+    // Like `ls | head`: killed by SIGPIPE, or a clean exit.
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::ExitStatusExt;
+        assert!(
+            out.status.success() || out.status.signal() == Some(libc::SIGPIPE),
+            "{what}"
+        );
+    }
+}
+
+#[test]
+fn ls_into_a_closed_pipe_exits_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    let runs = dir.path().join("runs");
+    std::fs::create_dir(&runs).unwrap();
+    let first = write_wide_run(&runs, "run-0000", 1, 1.0);
+    // ~85 bytes a line: 1,200 runs are well past a 64 KiB pipe buffer.
+    for i in 1..1200 {
+        std::fs::copy(&first, runs.join(format!("run-{i:04}.safetensors"))).unwrap();
+    }
+    closed_stdout_is_quiet(&[OsStr::new("ls"), runs.as_os_str()], dir.path());
+}
+
+#[test]
+fn show_and_diff_into_a_closed_pipe_exit_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = write_wide_run(dir.path(), "a", 1500, 1.0);
+    let b = write_wide_run(dir.path(), "b", 1500, 1.5);
+    let s = OsStr::new;
+    closed_stdout_is_quiet(&[s("show"), a.as_os_str()], dir.path());
+    closed_stdout_is_quiet(&[s("diff"), a.as_os_str(), b.as_os_str()], dir.path());
+    closed_stdout_is_quiet(
+        &[s("diff"), a.as_os_str(), b.as_os_str(), s("--json")],
+        dir.path(),
+    );
+}
+
+/// The daemon must outlive whoever read its logs: `watch` with its stderr closed
+/// still renders and exits normally.
+#[test]
+fn watch_survives_a_closed_stderr() {
+    let dir = tempfile::tempdir().unwrap();
+    let runs = dir.path().join("runs");
+    let out = dir.path().join("galleries");
+    std::fs::create_dir(&runs).unwrap();
+    for i in 0..3 {
+        write_run_named(&runs, &format!("w{i}"));
+    }
+    let mut child = Command::new(env!("CARGO_BIN_EXE_candlelight"))
+        .arg("watch")
+        .arg(&runs)
+        .arg("--out")
+        .arg(&out)
+        .args(["--once", "-j", "1"])
+        .current_dir(dir.path())
+        .env("RUST_LOG", "debug")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run candlelight");
+    drop(child.stderr.take());
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("watch --once did not finish within 120 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "{status:?}\n{}",
+        common::list_files(dir.path())
+    );
+    for i in 0..3 {
+        assert!(
+            out.join(format!("w{i}")).join("index.html").is_file(),
+            "w{i}"
+        );
+    }
+}
+
+fn write_run_named(dir: &Path, id: &str) -> PathBuf {
+    write_wide_run(dir, id, 2, 1.0)
+}
+
+// ---- File names that are not UTF-8 ----
+
+#[cfg(unix)]
+fn os(bytes: &[u8]) -> &OsStr {
+    use std::os::unix::ffi::OsStrExt;
+    OsStr::from_bytes(bytes)
+}
+
+/// A folder `d\xfe` holding a valid run `bad\xff.safetensors`: every command works
+/// on it and shows the names lossily.
+#[cfg(unix)]
+#[test]
+fn non_utf8_file_names_work_everywhere() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join(os(b"d\xfe"));
+    std::fs::create_dir(&dir).unwrap();
+    let made = write_run(&dir, "nonutf8", 3);
+    let run = dir.join(os(b"bad\xff.safetensors"));
+    std::fs::rename(&made, &run).unwrap();
+    let cwd = tmp.path();
+    let s = OsStr::new;
+
+    let out = common::cl_os_code(&[s("ls"), dir.as_os_str()], cwd, 0);
+    let text = stdout(&out);
+    let line = text
+        .lines()
+        .find(|l| l.contains("bad\u{FFFD}"))
+        .unwrap_or_else(|| panic!("no line for bad\\xff in\n{text}"));
+    assert!(line.split_whitespace().any(|w| w == "3"), "{line}");
+    assert!(!text.contains("invalid"), "{text}");
+
+    let out = common::cl_os_code(&[s("show"), run.as_os_str()], cwd, 0);
+    assert!(stdout(&out).contains("layer2"), "{}", stdout(&out));
+    let out = common::cl_os_code(&[s("show"), run.as_os_str(), s("layer1")], cwd, 0);
+    assert!(stdout(&out).contains("histogram"), "{}", stdout(&out));
+
+    // A UTF-8 run rendered into a folder whose name is not UTF-8.
+    let galleries = tmp.path().join(os(b"out\xfd"));
+    let plain = write_run(tmp.path(), "plain", 2);
+    let out = common::cl_os_code(
+        &[
+            s("render"),
+            plain.as_os_str(),
+            s("--out"),
+            galleries.as_os_str(),
+        ],
+        cwd,
+        0,
+    );
+    assert_eq!(gallery_pages(&galleries).len(), 2, "{}", stdout(&out));
+    // The non-UTF-8 run: rendered, or (while the gallery manifest can only store a
+    // UTF-8 source path) refused in one line that names the file and says why.
+    let out = common::cl_os(
+        &[
+            s("render"),
+            run.as_os_str(),
+            s("--out"),
+            galleries.as_os_str(),
+        ],
+        cwd,
+    );
+    let err = common::stderr(&out);
+    match out.status.code() {
+        Some(0) => assert_eq!(gallery_pages(&galleries).len(), 3, "{}", stdout(&out)),
+        Some(2) => {
+            let lines: Vec<&str> = err.lines().collect();
+            assert_eq!(lines.len(), 1, "{err}");
+            assert!(lines[0].contains("bad\u{FFFD}.safetensors"), "{err}");
+            assert!(lines[0].contains("not valid UTF-8"), "{err}");
+            assert!(!err.contains("manifest.json"), "{err}");
+        }
+        code => panic!("render exited {code:?}\n{err}"),
+    }
+
+    let out = common::cl_os_code(&[s("diff"), run.as_os_str(), run.as_os_str()], cwd, 0);
+    let text = stdout(&out);
+    assert!(text.contains("all layers agree"), "{text}");
+    assert!(text.contains("bad\u{FFFD}.safetensors"), "{text}");
+    let out = common::cl_os_code(
+        &[s("diff"), run.as_os_str(), run.as_os_str(), s("--json")],
+        cwd,
+        0,
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["agrees"], true, "{json}");
+    assert!(
+        json["a"]["path"]
+            .as_str()
+            .is_some_and(|p| p.ends_with("bad\u{FFFD}.safetensors")),
+        "{json}"
+    );
+    let page = tmp.path().join(os(b"diff\xfc"));
+    let out = common::cl_os_code(
+        &[
+            s("diff"),
+            run.as_os_str(),
+            run.as_os_str(),
+            s("--out"),
+            page.as_os_str(),
+        ],
+        cwd,
+        0,
+    );
+    assert_eq!(gallery_pages(&page).len(), 1, "{}", stdout(&out));
+}
+
+/// The `index.html` files under `dir` (galleries and the index).
+fn gallery_pages(dir: &Path) -> Vec<PathBuf> {
+    common::files_under(dir)
+        .into_iter()
+        .filter(|p| p.file_name() == Some(OsStr::new("index.html")))
+        .collect()
+}
+
+/// A missing path that is not UTF-8: exit 2, one line on stderr naming the file.
+#[cfg(unix)]
+#[test]
+fn missing_non_utf8_paths_fail_in_one_line_naming_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cwd = tmp.path();
+    let good = write_run(cwd, "good", 1);
+    let missing = cwd.join(os(b"missing\xff.safetensors"));
+    let nodir = cwd.join(os(b"nodir\xfe"));
+    let s = OsStr::new;
+    let cases: Vec<(Vec<&OsStr>, &str)> = vec![
+        (vec![s("ls"), nodir.as_os_str()], "nodir\u{FFFD}"),
+        (
+            vec![s("show"), missing.as_os_str()],
+            "missing\u{FFFD}.safetensors",
+        ),
+        (
+            vec![s("render"), missing.as_os_str(), s("--out"), s("g")],
+            "missing\u{FFFD}.safetensors",
+        ),
+        (
+            vec![s("diff"), missing.as_os_str(), good.as_os_str()],
+            "missing\u{FFFD}.safetensors",
+        ),
+        (
+            vec![s("diff"), good.as_os_str(), missing.as_os_str()],
+            "missing\u{FFFD}.safetensors",
+        ),
+        (
+            vec![
+                s("diff"),
+                good.as_os_str(),
+                good.as_os_str(),
+                s("--map"),
+                missing.as_os_str(),
+            ],
+            "missing\u{FFFD}.safetensors",
+        ),
+    ];
+    for (args, name) in cases {
+        let out = common::cl_os_code(&args, cwd, 2);
+        let err = common::stderr(&out);
+        let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert_eq!(lines.len(), 1, "{args:?}: one line expected:\n{err}");
+        assert!(lines[0].starts_with("error: "), "{args:?}: {err}");
+        assert!(
+            lines[0].contains(name),
+            "{args:?}: {name} not named in {err}"
+        );
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
     }
 }

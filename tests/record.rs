@@ -228,3 +228,84 @@ fn threads_record_their_own_runs() -> R {
     }
     Ok(())
 }
+
+/// The error `record_ops` gives when the output has no op-graph link to the input.
+fn assert_disconnected(r: candlelight::Result<(Tensor, Run)>) {
+    let e = match r {
+        Ok((_, run)) => panic!("expected an error, got a run of {:?}", names(&run)),
+        Err(e) => e.to_string(),
+    };
+    assert!(!e.contains('\n'), "one line: {e}");
+    assert!(e.contains("not connected"), "{e}");
+    assert!(
+        e.contains("candlelight::tap") && e.contains("candlelight::nn"),
+        "{e}"
+    );
+}
+
+#[test]
+fn op_level_capture_errors_when_a_fused_op_cuts_input_from_output() -> R {
+    let dev = Device::Cpu;
+    let x = candlelight::models::seeded_uniform(&[2, 8], 4, &dev)?;
+    // The fused kernel is the whole model: nothing links its output to x.
+    assert_disconnected(Recorder::new("fused").record_ops(&x, candle_nn::ops::softmax_last_dim));
+    // Cut in the middle: plain ops, a fused layer norm, plain ops (with weights that
+    // are Vars, so the output's graph is not empty, yet x is not in it).
+    let varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &dev);
+    let fc1 = candle_nn::linear(8, 8, vb.pp("fc1"))?;
+    let fc2 = candle_nn::linear(8, 3, vb.pp("fc2"))?;
+    let (w, b) = (
+        Tensor::ones(8, DType::F32, &dev)?,
+        Tensor::zeros(8, DType::F32, &dev)?,
+    );
+    assert_disconnected(Recorder::new("ln").record_ops(&x, |x| {
+        let h = fc1.forward(x)?.relu()?;
+        let h = candle_nn::ops::layer_norm(&h, &w, &b, 1e-5)?;
+        fc2.forward(&h)?.tanh()
+    }));
+    assert_disconnected(Recorder::new("rms").record_ops(&x, |x| {
+        let h = (x * 2.0)?;
+        let h = candle_nn::ops::rms_norm(&h, &w, 1e-5)?;
+        (h + 1.0)?.exp()
+    }));
+    // Taps inside do not make up for it: the op graph is still cut.
+    assert_disconnected(Recorder::new("tapped").record_ops(&x, |x| {
+        let h = tap("h", &(x * 2.0)?)?;
+        candle_nn::ops::softmax_last_dim(&h)
+    }));
+    Ok(())
+}
+
+#[test]
+fn op_level_capture_of_the_same_models_with_plain_ops_still_works() -> R {
+    let dev = Device::Cpu;
+    let x = candlelight::models::seeded_uniform(&[2, 8], 4, &dev)?;
+    // candle_nn::ops::softmax (exp, sum, div) keeps the graph.
+    let (y, run) = Recorder::new("plain").record_ops(&x, |x| candle_nn::ops::softmax(x, 1))?;
+    assert_eq!(bits(&y), bits(&candle_nn::ops::softmax(&x, 1)?));
+    let n = names(&run);
+    assert_eq!(n[0], "input");
+    assert!(n.len() >= 4, "{n:?}");
+    assert_eq!(bits(&run.tensor(n.last().unwrap())?), bits(&y));
+    // candle_nn::LayerNorm on a non-contiguous input takes the unfused path.
+    let varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &dev);
+    let fc1 = candle_nn::linear(8, 8, vb.pp("fc1"))?;
+    let ln = candle_nn::LayerNorm::new(
+        Tensor::ones(2, DType::F32, &dev)?,
+        Tensor::zeros(2, DType::F32, &dev)?,
+        1e-5,
+    );
+    let (_, run) = Recorder::new("ln").record_ops(&x, |x| {
+        let h = fc1.forward(x)?.t()?; // [8, 2], not contiguous
+        ln.forward(&h)?.exp()
+    })?;
+    let n = names(&run);
+    assert_eq!(n[0], "input");
+    assert!(n.len() > 6, "{n:?}");
+    // An identity model records just its input.
+    let (_, run) = Recorder::new("id").record_ops(&x, |x| Ok(x.clone()))?;
+    assert_eq!(names(&run), ["input"]);
+    Ok(())
+}

@@ -47,6 +47,9 @@ pub enum Command {
 
 /// Runs the parsed command; `Ok(code)` is the process exit code.
 pub fn run(cli: Cli) -> Result<i32> {
+    if !matches!(cli.command, Command::Watch(_)) {
+        die_quietly_on_closed_pipe();
+    }
     match cli.command {
         Command::Ls { dir } => ls(&dir),
         Command::Show { run, layer } => show(&run, layer.as_deref()),
@@ -54,6 +57,18 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Render(args) => render::render(args),
         Command::Demo(args) => demo::demo(args),
         Command::Watch(args) => watch::watch(args),
+    }
+}
+
+/// `candlelight ls | head`: once the reader is gone, end quietly like `ls` and `grep`
+/// (killed by SIGPIPE) instead of panicking in `println!`. Rust ignores SIGPIPE, so
+/// this restores the default. Not for `watch`: a daemon must not die because whoever
+/// read its logs went away (it keeps ignoring SIGPIPE and drops what it cannot write).
+fn die_quietly_on_closed_pipe() {
+    #[cfg(unix)]
+    // SAFETY: `signal` with SIG_DFL installs no handler; called before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 

@@ -52,6 +52,9 @@ fn init_logging() {
         .with_writer(std::io::stderr)
         // Colours only on a terminal: log files and journald get plain text.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        // A closed stderr (the log reader went away) drops log lines; reporting that
+        // on stderr would panic and take the daemon down.
+        .log_internal_errors(false)
         .try_init();
 }
 

@@ -284,6 +284,14 @@ impl Recorder {
     /// forward frees them as it goes), so peak memory is the sum of all
     /// intermediates, typically several times the recorded layers alone. The graph
     /// itself is dropped; the returned output is detached.
+    ///
+    /// Limitation: candle's fused kernels (`candle_nn::ops::layer_norm`, `rms_norm`,
+    /// `softmax_last_dim`, rotary embeddings; `candle_nn::LayerNorm` with a bias and
+    /// `RmsNorm` on contiguous input) return tensors with no link back to their
+    /// input, and integer ops (argmax, casts from integers) end the graph too. When that cuts
+    /// the output off from the input, as in most transformers, this returns an
+    /// [`Error::Invalid`] rather than an empty or partial run: use [`Recorder::record`]
+    /// with [`tap`] or the drop-in layers in [`nn`] there.
     pub fn record_ops(
         &self,
         input: &Tensor,
@@ -299,6 +307,17 @@ impl Recorder {
         let filter = &self.start(false)?.filter;
         // sorted_nodes: the output first, the input last; reverse for forward order.
         let nodes: Vec<Tensor> = out.sorted_nodes().into_iter().rev().cloned().collect();
+        if !nodes.iter().any(|n| n.id() == x.id()) {
+            return Err(Error::Invalid(format!(
+                "record_ops: the output (shape {:?}) is not connected to the input in \
+                 candle's op graph, so there are no intermediates to record: fused kernels \
+                 (layer_norm, rms_norm, softmax_last_dim, rotary embeddings) and integer \
+                 ops keep no link back to their input; record this model with \
+                 Recorder::record and candlelight::tap or the drop-in layers in \
+                 candlelight::nn::* instead",
+                out.dims()
+            )));
+        }
         for (pos, node) in nodes.iter().enumerate() {
             if let Some(&i) = by_id.get(&node.id()) {
                 if let Some((name, _)) = named[i].take() {

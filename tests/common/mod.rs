@@ -32,6 +32,32 @@ pub fn cl_code(args: &[&str], cwd: &Path, code: i32) -> Output {
     out
 }
 
+/// Like [`cl`] with arguments that need not be UTF-8 (paths).
+pub fn cl_os(args: &[&std::ffi::OsStr], cwd: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_candlelight"))
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .expect("run candlelight")
+}
+
+/// Like [`cl_code`] with arguments that need not be UTF-8 (paths).
+pub fn cl_os_code(args: &[&std::ffi::OsStr], cwd: &Path, code: i32) -> Output {
+    let out = cl_os(args, cwd);
+    if out.status.code() != Some(code) {
+        panic!(
+            "candlelight {:?} (cwd {}) exited {:?}, expected {code}\n--- stdout\n{}\n--- stderr\n{}\n--- files\n{}",
+            args,
+            cwd.display(),
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            list_files(cwd)
+        );
+    }
+    out
+}
+
 /// Every file under `dir`, one per line.
 pub fn list_files(dir: &Path) -> String {
     let mut out = String::new();
