@@ -313,7 +313,8 @@ impl LayerDiff {
 /// Which run a side of the comparison is.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RunSide {
-    /// The file the run was opened from.
+    /// The file the run was opened from (in JSON as text, made lossy if not UTF-8).
+    #[serde(serialize_with = "crate::runfile::path_json::lossy_opt")]
     pub path: Option<PathBuf>,
     /// Run id.
     pub id: String,

@@ -65,7 +65,9 @@ pub struct Manifest {
     pub gallery_version: u32,
     /// [`RENDERER_VERSION`] of the writer.
     pub renderer_version: String,
-    /// The run file's path as given (absolute when possible).
+    /// The run file's path as given (absolute when possible); a path that is not
+    /// UTF-8 is stored as `{"lossy": .., "bytes": [..]}`.
+    #[serde(with = "crate::runfile::path_json")]
     pub source: PathBuf,
     /// The run file's size in bytes.
     pub source_size: u64,

@@ -8,7 +8,7 @@ use candle_core::Device;
 use candlelight::gallery::{render_gallery, write_index, GalleryOptions};
 use candlelight::models::mnist_cnn::{default_weights_path, record_sample_digits, MnistCnn};
 
-use super::render::{absolute, render_error};
+use super::render::{absolute, one_line};
 
 #[derive(Debug, clap::Args)]
 pub struct DemoArgs {
@@ -25,8 +25,8 @@ pub fn demo(args: DemoArgs) -> Result<i32> {
     println!("{what}");
     let opts = GalleryOptions::default();
     for p in &paths {
-        let m = render_gallery(p, &args.out, &opts)
-            .map_err(|e| anyhow::anyhow!(render_error(p, &e)))?;
+        let m =
+            render_gallery(p, &args.out, &opts).map_err(|e| anyhow::anyhow!(one_line(p, &e)))?;
         println!(
             "recorded {} -> {} ({} layers, {} ms)",
             p.display(),

@@ -1,6 +1,5 @@
 //! `candlelight diff A B`: compare two runs layer by layer.
 
-use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -70,35 +69,18 @@ pub fn run(args: DiffArgs) -> Result<i32> {
         eprintln!("note: the name map renames {name:?}, which is not a layer of A");
     }
     if let Some(out) = &args.out {
-        let page = candlelight::write_diff_gallery(&lossy_paths(&d), &a, &b, out)
+        let page = candlelight::write_diff_gallery(&d, &a, &b, out)
             .with_context(|| format!("{}: cannot write the diff gallery", out.display()))?;
         if !args.json {
             println!("diff gallery: {}", page.display());
         }
     }
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&*lossy_paths(&d))?);
+        println!("{}", serde_json::to_string_pretty(&d)?);
     } else {
         print!("{}", table(&d, &args.a, &args.b));
     }
     Ok(if d.agrees() { 0 } else { 1 })
-}
-
-/// `d` with run paths that are not UTF-8 made lossy (U+FFFD), for `--json` and the
-/// diff gallery (which embeds the diff as JSON): JSON strings must be UTF-8, and
-/// serde refuses such a path rather than lose a byte.
-fn lossy_paths(d: &RunDiff) -> Cow<'_, RunDiff> {
-    let bad = |p: &Option<PathBuf>| p.as_ref().is_some_and(|p| p.to_str().is_none());
-    if !bad(&d.a.path) && !bad(&d.b.path) {
-        return Cow::Borrowed(d);
-    }
-    let mut d = d.clone();
-    for side in [&mut d.a, &mut d.b] {
-        if let Some(p) = &mut side.path {
-            *p = PathBuf::from(p.to_string_lossy().into_owned());
-        }
-    }
-    Cow::Owned(d)
 }
 
 /// Like [`num`], but an exact zero is `0` (an exact match stands out).

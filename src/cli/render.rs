@@ -46,22 +46,6 @@ pub fn one_line(path: &Path, e: &dyn std::fmt::Display) -> String {
     }
 }
 
-/// Why rendering `path` failed, in one line naming it. A run whose path is not
-/// UTF-8 is refused by the gallery manifest (it stores the source path as text):
-/// say that, rather than quote the manifest's serializer.
-pub fn render_error(path: &Path, e: &dyn std::fmt::Display) -> String {
-    let line = one_line(path, e);
-    if absolute(path).to_str().is_none() && line.contains("invalid UTF-8") {
-        format!(
-            "{}: cannot render: the path is not valid UTF-8, and a gallery records its \
-             run file's path as text (rename the file or its folder)",
-            path.display()
-        )
-    } else {
-        line
-    }
-}
-
 /// The absolute form of `p` (as given when that fails).
 pub fn absolute(p: &Path) -> PathBuf {
     std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
@@ -116,7 +100,7 @@ pub fn render(args: RenderArgs) -> Result<i32> {
             }),
             Err(e) => {
                 failed += 1;
-                pb.suspend(|| eprintln!("error: {}", render_error(path, &e)));
+                pb.suspend(|| eprintln!("error: {}", one_line(path, &e)));
             }
         }
         pb.inc(1);
