@@ -7,6 +7,13 @@ use std::io::Write;
 use clap::Parser;
 
 fn main() {
+    // A file-size limit (ulimit -f) makes writes fail with EFBIG, reported like any
+    // other I/O error, instead of killing the process with SIGXFSZ.
+    #[cfg(unix)]
+    // SAFETY: `signal` with SIG_IGN installs no handler; no thread has started yet.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+    }
     let cli = cli::Cli::parse();
     let code = match cli::run(cli) {
         Ok(code) => code,
