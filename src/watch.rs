@@ -20,7 +20,14 @@
 //!
 //! Stopping ([`Stopper::stop`]) drops the queued tasks and waits up to
 //! [`WatchOptions::stop_grace`] for the running ones; a render still going then is
-//! abandoned (its dot-temp folder is removed on the next start).
+//! abandoned (its staging folder is removed on the next start).
+//!
+//! What it deletes: only temporaries that [`crate::staging`] proves are candlelight's
+//! and whose writer is gone (in the output folder, and `Run::save` temps in the runs
+//! folder), galleries it replaces, and with pruning galleries of deleted runs. It
+//! refuses an output folder that is the runs folder, and skips (with one log line)
+//! paths named like runs that are not regular files. An I/O failure on its own side
+//! is retried with a growing wait ([`Policy::io_retry`]), never an error page.
 //!
 //! ```
 //! use candle_core::{Device, Tensor};
@@ -50,8 +57,8 @@
 //!   that writes a run in place, slowly, is also fine: the run is retried while it
 //!   grows and rendered once complete. It gets an error page if it stalls for longer
 //!   than the retry window (~1.75 s by default) and is re-rendered when it changes.
-//!   A producer must not truncate and rewrite a run file in place while it is being
-//!   rendered (run files are memory-mapped); write a new file and rename it in.
+//!   A producer that truncates or rewrites a file while it renders costs one failed
+//!   attempt: run files are read with positioned reads, never memory-mapped.
 //! * The folder is watched non-recursively; run files in sub-folders are ignored.
 //! * Event queues can overflow under huge bursts (inotify's
 //!   `fs.inotify.max_queued_events`); the daemon then rescans the folder, and rescans
