@@ -339,22 +339,21 @@ fn reduce_pair(da: &LayerData<'_>, db: &LayerData<'_>, l: &Layout, start: usize)
         b: vec![BLANK; rh * rw],
         d: vec![BLANK; rh * rw],
     };
-    let (mut ra, mut rb) = (vec![0f32; w], vec![0f32; w]);
+    // One read per band of `dy` rows (one output row) of each side.
+    let (mut ra, mut rb) = (vec![0f32; dy * w], vec![0f32; dy * w]);
     // Per output column: sums and counts of finite A and B, flags, the extreme difference.
     let mut acc = vec![Cell::default(); rw];
     for ry in 0..rh {
         acc.fill(Cell::default());
-        for r in ry * dy..((ry + 1) * dy).min(h) {
-            let s = r * w;
-            if s >= len {
-                break;
-            }
-            let n = w.min(len - s);
-            da.read_into(start + s, &mut ra[..n]);
-            db.read_into(start + s, &mut rb[..n]);
-            for (k, (&x, &y)) in ra[..n].iter().zip(&rb[..n]).enumerate() {
-                acc[k / dx].add(x, y);
-            }
+        let s = ry * dy * w;
+        if s >= len {
+            break;
+        }
+        let n = ((((ry + 1) * dy).min(h) - ry * dy) * w).min(len - s);
+        da.read_into(start + s, &mut ra[..n]);
+        db.read_into(start + s, &mut rb[..n]);
+        for (k, (&x, &y)) in ra[..n].iter().zip(&rb[..n]).enumerate() {
+            acc[(k % w) / dx].add(x, y);
         }
         for (oc, c) in acc.iter().enumerate() {
             if c.n == 0 {

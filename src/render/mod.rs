@@ -569,21 +569,16 @@ fn reduce_tile_into(data: &LayerData<'_>, l: &Layout, start: usize, out: &mut [f
     let (dy, dx) = (l.y.down, l.x.down);
     let (rh, rw) = (h.div_ceil(dy), w.div_ceil(dx));
     if dy == 1 && dx == 1 {
-        for r in 0..h {
-            let s = r * w;
-            if s >= len {
-                break;
-            }
-            let n = w.min(len - s);
-            let row = &mut out[r * w..r * w + n];
-            data.read_into(start + s, row);
-            for v in row.iter_mut().filter(|v| !v.is_finite()) {
-                *v = f32::NAN;
-            }
+        // The whole tile in one read (it fits the pixel budget).
+        let n = (h * w).min(len);
+        data.read_into(start, &mut out[..n]);
+        for v in out[..n].iter_mut().filter(|v| !v.is_finite()) {
+            *v = f32::NAN;
         }
         return;
     }
-    let mut row = vec![0f32; w];
+    // One read per band of `dy` rows (one output row).
+    let mut band = vec![0f32; dy * w];
     let mut sum = vec![0f64; rw];
     let mut cnt = vec![0u32; rw];
     let mut bad = vec![false; rw];
@@ -591,14 +586,14 @@ fn reduce_tile_into(data: &LayerData<'_>, l: &Layout, start: usize, out: &mut [f
         sum.fill(0.0);
         cnt.fill(0);
         bad.fill(false);
-        for r in ry * dy..((ry + 1) * dy).min(h) {
-            let s = r * w;
-            if s >= len {
-                break;
-            }
-            let n = w.min(len - s);
-            data.read_into(start + s, &mut row[..n]);
-            for (oc, block) in row[..n].chunks(dx).enumerate() {
+        let s = ry * dy * w;
+        if s >= len {
+            break;
+        }
+        let n = ((((ry + 1) * dy).min(h) - ry * dy) * w).min(len - s);
+        data.read_into(start + s, &mut band[..n]);
+        for row in band[..n].chunks(w) {
+            for (oc, block) in row.chunks(dx).enumerate() {
                 for &v in block {
                     if v.is_finite() {
                         sum[oc] += v as f64;
