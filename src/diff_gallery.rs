@@ -24,7 +24,7 @@ use image::RgbImage;
 use serde::Serialize;
 
 use crate::diff::{LayerDiff, RunDiff, Status};
-use crate::gallery::{fmt_num as fmt, layer_file_stem};
+use crate::pages::{self, fmt_num as fmt, layer_file_stem};
 use crate::render::{self, Colormap, Layout, LayoutKind, Mapping, RenderOptions, BLANK, SEPARATOR};
 use crate::runfile::{shape_str, Run};
 use crate::staging::{self, write_atomic, Kind, Temp};
@@ -66,7 +66,7 @@ pub fn write_diff_gallery(d: &RunDiff, a: &Run, b: &Run, out: &Path) -> Result<P
                 msg: "exists without a candlelight diff page beside it; not replacing it".into(),
             });
         }
-        crate::gallery::check_page_replaceable(&page, "diff")?;
+        pages::check_page_replaceable(&page, "diff")?;
         if let Ok(m) = std::fs::symlink_metadata(&layers_dir) {
             if !m.is_dir() {
                 return Err(Error::NotOurs {
@@ -478,99 +478,6 @@ fn paint(
     img
 }
 
-pub(crate) const PAGE: &str = r##"<!doctype html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="generator" content="candlelight diff">
-<title>diff: {{ a_name }} vs {{ b_name }}</title>
-<style>
-body { font-family: system-ui, sans-serif; margin: 1.5em; color: #222; }
-table { border-collapse: collapse; font-size: 0.9em; }
-th, td { padding: 0.2em 0.6em; border-bottom: 1px solid #ddd; text-align: right; }
-th:nth-child(2), td:nth-child(2) { text-align: left; }
-.card { border: 1px solid #ccc; border-radius: 6px; margin: 1em 0; padding: 0.6em 1em; }
-.card.first { border: 3px solid #d33; background: #fff4f4; }
-.card h2 { font-size: 1.05em; margin: 0.2em 0; }
-.pics { display: flex; gap: 1em; flex-wrap: wrap; align-items: flex-start; }
-figure { margin: 0; }
-figcaption { font-size: 0.8em; color: #555; max-width: 260px; }
-img { image-rendering: pixelated; border: 1px solid #999; }
-.agree { color: #176117; } .diverge { color: #b00; font-weight: bold; } .ignored { color: #a60; }
-.badge { background: #d33; color: white; border-radius: 4px; padding: 0 0.4em; font-size: 0.8em; }
-dl { display: grid; grid-template-columns: max-content auto; gap: 0 1em; font-size: 0.85em; margin: 0.4em 0; }
-dt { color: #555; } dd { margin: 0; font-family: ui-monospace, monospace; }
-</style>
-</head>
-<body>
-<h1>{{ a_name }} vs {{ b_name }}</h1>
-<p>A: <code>{{ a_path }}</code><br>B (reference): <code>{{ b_path }}</code></p>
-<p>An element agrees when |A &minus; B| &le; atol + rtol &middot; |B| (atol {{ atol }}, rtol {{ rtol }});
-NaN agrees only with NaN, &plusmn;Inf only with the same infinity.
-{% if ignore_missing %}Layers in only one run do not count as divergent.{% endif %}</p>
-<p><strong>{{ summary }}</strong>
-{% if first %} &mdash; first divergence: <a href="#{{ first.anchor }}">{{ first.label }}</a>{% endif %}</p>
-
-<h2>Ranked by divergence</h2>
-<table>
-<thead><tr><th>#</th><th>layer</th><th>status</th><th>rel L2</th><th>max |A&minus;B|</th><th>mismatches</th></tr></thead>
-<tbody>
-{% for r in ranked %}<tr><td>{{ r.row }}</td><td><a href="#{{ r.anchor }}">{{ r.label }}</a></td><td class="{{ r.status_class }}">{{ r.status }}</td><td>{{ r.rel_l2 }}</td><td>{{ r.max_abs }}</td><td>{{ r.mismatches }}</td></tr>
-{% endfor %}</tbody>
-</table>
-
-<h2>Layers</h2>
-<p id="sorting" hidden>Sort: <button type="button" data-sort="order">capture order</button>
-<button type="button" data-sort="divergence">by divergence</button>
-<button type="button" data-sort="max">by max |A&minus;B|</button></p>
-<div id="cards">
-{% for r in rows %}<section class="card{% if r.first %} first{% endif %}" id="{{ r.anchor }}" data-order="{{ r.row }}" data-div="{{ 1 if r.diverges else 0 }}" data-rel="{{ r.key_rel }}" data-max="{{ r.key_max }}">
-<h2>{{ r.row }}. {{ r.label }} {% if r.first %}<span class="badge">first divergence</span>{% endif %}
-<span class="{{ r.status_class }}">{{ r.status }}</span></h2>
-<dl>
-<dt>kind</dt><dd>{{ r.kind or "-" }}</dd>
-<dt>shape</dt><dd>{{ r.shape }}</dd>
-<dt>dtype</dt><dd>{{ r.dtype }}</dd>
-<dt>max |A&minus;B|</dt><dd>{{ r.max_abs }}</dd>
-<dt>mean |A&minus;B|</dt><dd>{{ r.mean_abs }}</dd>
-<dt>rel L2</dt><dd>{{ r.rel_l2 }}</dd>
-<dt>cosine</dt><dd>{{ r.cosine }}</dd>
-<dt>out of tolerance</dt><dd>{{ r.mismatches }}</dd>
-{% if r.worst %}<dt>worst element</dt><dd>{{ r.worst }}</dd>{% endif %}
-{% if r.first_mismatch %}<dt>first mismatch</dt><dd>{{ r.first_mismatch }}</dd>{% endif %}
-{% if r.nan_inf %}<dt>NaN / Inf</dt><dd>{{ r.nan_inf }}</dd>{% endif %}
-</dl>
-<div class="pics">
-{% for cap, p in [("A", r.pic_a), ("B", r.pic_b), ("A − B", r.pic_d)] %}{% if p %}<figure><img src="{{ p.file }}" width="{{ p.width }}" height="{{ p.height }}" alt="{{ cap }}: {{ r.label }}"><figcaption><b>{{ cap }}</b> &mdash; {{ p.scale }}</figcaption></figure>
-{% endif %}{% endfor %}</div>
-</section>
-{% endfor %}</div>
-<script>
-(function () {
-  var box = document.getElementById("cards");
-  var bar = document.getElementById("sorting");
-  bar.hidden = false;
-  var keys = {
-    order: function (a, b) { return +a.dataset.order - +b.dataset.order; },
-    divergence: function (a, b) {
-      return (+b.dataset.div - +a.dataset.div) || (parseFloat(b.dataset.rel) - parseFloat(a.dataset.rel))
-        || (parseFloat(b.dataset.max) - parseFloat(a.dataset.max)) || (+a.dataset.order - +b.dataset.order);
-    },
-    max: function (a, b) {
-      return (parseFloat(b.dataset.max) - parseFloat(a.dataset.max)) || (+a.dataset.order - +b.dataset.order);
-    }
-  };
-  bar.addEventListener("click", function (e) {
-    var k = e.target.getAttribute("data-sort");
-    if (!k) return;
-    Array.prototype.slice.call(box.children).sort(keys[k]).forEach(function (c) { box.appendChild(c); });
-  });
-})();
-</script>
-</body>
-</html>
-"##;
-
 fn page_html(d: &RunDiff, rows: &[Row]) -> Result<String> {
     // Ranking: divergent first, then by rel L2, max |A - B|, capture order.
     let key = |r: &Row| {
@@ -618,7 +525,7 @@ fn page_html(d: &RunDiff, rows: &[Row]) -> Result<String> {
         counts.join(", "),
         if d.agrees() { " — all agree" } else { "" }
     );
-    crate::gallery::page(
+    pages::page(
         "diff.html",
         minijinja::context! {
         a_name => side_name(&d.a),

@@ -34,13 +34,13 @@
 //! ```
 
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 use std::time::Instant;
 
-use minijinja::{context, Environment};
+use minijinja::context;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use crate::pages::{check_page_replaceable, fmt_bytes, fmt_num, layer_file_stem, page};
 use crate::render::{self, Colormap, Histogram, LayoutKind, RenderOptions};
 use crate::runfile::{now_rfc3339, sanitize_id, LayerInfo};
 use crate::staging::{self, write_atomic, Kind, Temp};
@@ -232,132 +232,8 @@ pub fn check_replaceable(target: &Path) -> Result<()> {
     }
 }
 
-/// The mark every page candlelight writes carries in its `<head>`; `what` tells the
-/// kind of page (`index`, `run`, `error`, `diff`).
-pub(crate) fn generator_mark(what: &str) -> String {
-    format!("<meta name=\"generator\" content=\"candlelight {what}\">")
-}
-
-/// Whether `page` may be replaced: missing, or a regular file (of at most a few MB)
-/// carrying our generator mark for `what` (or, for the top index, the title of
-/// earlier candlelight versions).
-pub(crate) fn check_page_replaceable(page: &Path, what: &str) -> Result<()> {
-    let md = match std::fs::symlink_metadata(page) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(Error::io(page, e)),
-        Ok(m) => m,
-    };
-    let ours = md.is_file()
-        && md.len() < 64 << 20
-        && std::fs::read(page).is_ok_and(|b| {
-            let text = String::from_utf8_lossy(&b[..b.len().min(4096)]);
-            text.contains(&generator_mark(what))
-                // Pages of candlelight versions before the mark.
-                || (what == "index" && text.contains("<title>candlelight galleries</title>"))
-                || (what == "diff"
-                    && text.contains("<title>diff: ")
-                    && page.with_file_name("diff.json").is_file())
-        });
-    if ours {
-        Ok(())
-    } else {
-        Err(Error::NotOurs {
-            path: page.to_path_buf(),
-            msg: format!(
-                "exists and was not written by candlelight (not its {what} page); not replacing it"
-            ),
-        })
-    }
-}
-
-/// The file stem of layer `index` named `name` inside `layers/`: `NNN-<sanitized name>`.
-pub fn layer_file_stem(index: usize, name: &str) -> String {
-    let clean: String = sanitize_id(name).chars().take(80).collect();
-    format!("{index:03}-{clean}")
-}
-
-/// A number in at most 10 characters, fixed or scientific as fits ("-" for NaN).
-pub fn fmt_num(v: f64) -> String {
-    if v.is_nan() {
-        "-".into()
-    } else if v.is_infinite() {
-        if v > 0.0 { "inf" } else { "-inf" }.into()
-    } else if v == 0.0 || (1e-3..1e5).contains(&v.abs()) {
-        format!("{v:.4}")
-    } else {
-        format!("{v:.3e}")
-    }
-}
-
-/// Bytes as `12.3 MB`.
-pub fn fmt_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KB", "MB", "GB", "TB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1000.0 && u < UNITS.len() - 1 {
-        v /= 1000.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
-}
-
 fn absolute(p: &Path) -> PathBuf {
     std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
-}
-
-/// The one template environment of the crate (gallery, diff gallery and notebook
-/// pages): HTML auto-escaping whatever the name, undefined values are errors.
-fn env() -> &'static Environment<'static> {
-    static ENV: OnceLock<Environment<'static>> = OnceLock::new();
-    ENV.get_or_init(|| {
-        let mut env = Environment::new();
-        // Every page is HTML: escape whatever the template name.
-        env.set_auto_escape_callback(|_| minijinja::AutoEscape::Html);
-        env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
-        // Control characters (NUL included) never reach a page: shown as U+FFFD.
-        env.set_formatter(|out, state, value| match value.as_str() {
-            Some(s) if s.chars().any(is_unprintable) => {
-                let clean: String = s
-                    .chars()
-                    .map(|c| if is_unprintable(c) { '\u{fffd}' } else { c })
-                    .collect();
-                minijinja::escape_formatter(out, state, &minijinja::Value::from(clean))
-            }
-            _ => minijinja::escape_formatter(out, state, value),
-        });
-        for (name, src) in [
-            ("style.css", include_str!("templates/style.css")),
-            ("run.html", include_str!("templates/run.html")),
-            ("error.html", include_str!("templates/error.html")),
-            ("index.html", include_str!("templates/index.html")),
-            ("diff.html", crate::diff_gallery::PAGE),
-            ("nb_run.html", include_str!("templates/nb_run.html")),
-            ("nb_layer.html", include_str!("templates/nb_layer.html")),
-            ("nb_diff.html", include_str!("templates/nb_diff.html")),
-            ("nb_gallery.html", include_str!("templates/nb_gallery.html")),
-        ] {
-            env.add_template(name, src)
-                .expect("bundled template parses");
-        }
-        env
-    })
-}
-
-/// Control characters other than tab, newline and carriage return.
-fn is_unprintable(c: char) -> bool {
-    c.is_control() && !matches!(c, '\t' | '\n' | '\r')
-}
-
-/// Renders a bundled template.
-pub(crate) fn page(template: &str, ctx: minijinja::Value) -> Result<String> {
-    env()
-        .get_template(template)
-        .and_then(|t| t.render(ctx))
-        .map_err(|e| Error::Invalid(format!("template {template}: {e:#}")))
 }
 
 fn write(path: &Path, bytes: &[u8]) -> Result<()> {

@@ -26,6 +26,7 @@ pub mod error;
 pub mod gallery;
 pub mod models;
 pub mod notebook;
+pub mod pages;
 pub mod record;
 pub mod render;
 pub mod runfile;

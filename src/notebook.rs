@@ -23,7 +23,8 @@ use candle_core::Tensor;
 use image::RgbImage;
 use minijinja::{context, Value};
 
-use crate::gallery::{fmt_num, page, read_manifest, Manifest};
+use crate::gallery::{read_manifest, Manifest};
+use crate::pages::{fmt_num, page};
 use crate::render::histogram::{render_histogram, Histogram};
 use crate::render::{encode_png, render, Colormap, RenderOptions, Scale};
 use crate::runfile::{shape_str, Run};

@@ -72,7 +72,7 @@ fn die_quietly_on_closed_pipe() {
     }
 }
 
-pub use candlelight::gallery::{fmt_bytes as human_bytes, fmt_num as num};
+pub use candlelight::pages::{fmt_bytes as human_bytes, fmt_num as num};
 
 /// Run files (`*.safetensors`, no dot files) in `dir`, newest first.
 pub fn run_files(dir: &Path) -> Result<Vec<(PathBuf, std::time::SystemTime)>> {
