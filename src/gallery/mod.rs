@@ -40,11 +40,17 @@ use minijinja::context;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::pages::{check_page_replaceable, fmt_bytes, fmt_num, layer_file_stem, page};
-use crate::render::{self, Colormap, Histogram, LayoutKind, RenderOptions};
-use crate::runfile::{now_rfc3339, sanitize_id, LayerInfo};
+mod card;
+mod index;
+
+pub use index::write_index;
+
+use crate::pages::page;
+use crate::render::RenderOptions;
+use crate::runfile::{now_rfc3339, sanitize_id};
 use crate::staging::{self, write_atomic, Kind, Temp};
-use crate::{Error, Result, Run, Stats};
+use crate::{Error, Result, Run};
+use card::Card;
 
 /// Version of the gallery layout.
 pub const GALLERY_VERSION: u32 = 1;
@@ -155,6 +161,29 @@ pub fn source_facts(run_path: &Path) -> Result<SourceFacts> {
 }
 
 impl Manifest {
+    /// A manifest for the gallery `name` of `run_path` with these facts, rendered
+    /// now with status `status`; the run's own facts (model, layers, ...) empty.
+    fn new(run_path: &Path, facts: SourceFacts, name: &str, status: &str) -> Manifest {
+        Manifest {
+            gallery_version: GALLERY_VERSION,
+            renderer_version: RENDERER_VERSION.to_string(),
+            source: absolute(run_path),
+            source_size: facts.size,
+            source_mtime_ns: facts.mtime_ns,
+            source_ino: facts.ino,
+            source_ctime_ns: facts.ctime_ns,
+            run_id: name.to_string(),
+            created: String::new(),
+            model: String::new(),
+            layers: 0,
+            rendered_at: now_rfc3339(),
+            render_ms: 0,
+            status: status.to_string(),
+            error: None,
+            thumbnail: None,
+        }
+    }
+
     /// The facts of the run file this gallery was made from.
     pub fn source_facts(&self) -> SourceFacts {
         SourceFacts {
@@ -232,208 +261,19 @@ pub fn check_replaceable(target: &Path) -> Result<()> {
     }
 }
 
-fn absolute(p: &Path) -> PathBuf {
+pub(crate) fn absolute(p: &Path) -> PathBuf {
     std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
 }
 
-fn write(path: &Path, bytes: &[u8]) -> Result<()> {
+pub(crate) fn write(path: &Path, bytes: &[u8]) -> Result<()> {
     std::fs::write(path, bytes).map_err(|e| Error::io(path, e))
 }
 
 /// One layer's card on the run page (also one entry of stats.json).
-#[derive(Debug, Serialize)]
-struct Card {
-    index: usize,
-    name: String,
-    kind: String,
-    shape: Vec<usize>,
-    shape_str: String,
-    dtype: String,
-    elements: usize,
-    #[serde(skip)]
-    stats_raw: Option<Stats>,
-    stats: Option<CardStats>,
-    picture: Option<String>,
-    picture_size: Option<(u32, u32)>,
-    histogram: Option<String>,
-    caption: String,
-    colormap: String,
-    range: Option<(String, String)>,
-    hist_axis: Option<(String, String, String)>,
-    dead_pct: Option<String>,
-    dead_many: bool,
-    nonfinite: bool,
-    error: Option<String>,
-    #[serde(skip)]
-    thumb_score: u8,
-}
-
-#[derive(Debug, Serialize)]
-struct CardStats {
-    min: String,
-    max: String,
-    mean: String,
-    std: String,
-    zero_pct: String,
-    nan: u64,
-    inf: u64,
-}
-
-#[derive(Debug, Serialize)]
-struct StatsFile<'a> {
-    run_id: &'a str,
-    layers: Vec<StatsEntry<'a>>,
-}
-
-#[derive(Debug, Serialize)]
-struct StatsEntry<'a> {
-    index: usize,
-    name: &'a str,
-    kind: Option<&'a str>,
-    shape: &'a [usize],
-    dtype: &'a str,
-    #[serde(flatten)]
-    stats: Option<Stats>,
-    picture: Option<&'a str>,
-    histogram: Option<&'a str>,
-    error: Option<&'a str>,
-}
-
-fn is_relu(kind: &str) -> bool {
-    kind.to_ascii_lowercase().contains("relu")
-}
-
-/// Renders one layer's card. A layer that cannot be drawn gets an error on its
-/// card; a read that fails (the file shrank, an I/O error) fails the gallery.
-fn render_card(run: &Run, l: &LayerInfo, dir: &Path, opts: &GalleryOptions) -> Result<Card> {
-    let mut card = Card {
-        index: l.index,
-        name: l.name.clone(),
-        kind: l.kind.clone().unwrap_or_default(),
-        shape: l.shape.clone(),
-        shape_str: l.shape_str(),
-        dtype: l.dtype.to_string(),
-        elements: l.elem_count(),
-        stats_raw: None,
-        stats: None,
-        picture: None,
-        picture_size: None,
-        histogram: None,
-        caption: String::new(),
-        colormap: String::new(),
-        range: None,
-        hist_axis: None,
-        dead_pct: None,
-        dead_many: false,
-        nonfinite: false,
-        error: None,
-        thumb_score: 0,
-    };
-    let data = match run.data_at(l.index) {
-        Ok(d) => d,
-        Err(e) => {
-            card.error = Some(e.to_string());
-            return Ok(card);
-        }
-    };
-    let stats = Stats::of(&data);
-    data.check()?;
-    card.nonfinite = stats.non_finite() > 0;
-    card.stats = Some(CardStats {
-        min: fmt_num(stats.min),
-        max: fmt_num(stats.max),
-        mean: fmt_num(stats.mean),
-        std: fmt_num(stats.std),
-        zero_pct: format!("{:.1}%", stats.zero_fraction * 100.0),
-        nan: stats.nan,
-        inf: stats.inf,
-    });
-    if is_relu(&card.kind) {
-        card.dead_pct = Some(format!("{:.1}%", stats.zero_fraction * 100.0));
-        card.dead_many = stats.zero_fraction >= 0.5;
-    }
-    card.stats_raw = Some(stats);
-    let stem = layer_file_stem(l.index, &l.name);
-    // Layers with fewer samples than asked show their last one.
-    let mut ropts = opts.render.clone();
-    if l.shape.len() >= 2 && l.shape[0] > 0 {
-        ropts.sample = ropts.sample.min(l.shape[0] - 1);
-    }
-    let picture = render::render(&data, &l.shape, &ropts);
-    data.check()?;
-    match picture {
-        Ok(pic) => {
-            let rel = format!("layers/{stem}.png");
-            write(&dir.join(&rel), &render::encode_png(&pic.image)?)?;
-            let lay = &pic.layout;
-            let mut caption = lay.describe();
-            if lay.samples > 1 && lay.kind != LayoutKind::Empty {
-                caption = format!("sample {} of {}: {caption}", lay.sample, lay.samples);
-            }
-            card.caption = caption;
-            card.colormap = colormap_note(pic.colormap, &ropts);
-            card.range = pic
-                .range
-                .map(|(a, b)| (fmt_num(a as f64), fmt_num(b as f64)));
-            card.picture = Some(rel);
-            card.picture_size = Some(pic.image.dimensions());
-            card.thumb_score = match lay.kind {
-                LayoutKind::Grid if lay.tiles > 1 => 3,
-                LayoutKind::Grid | LayoutKind::Heatmap => 2,
-                LayoutKind::Folded => 1,
-                LayoutKind::Empty => 0,
-            };
-            let hist = Histogram::of(&data, &stats, HIST_BINS);
-            data.check()?;
-            let himg = render::render_histogram(&hist, pic.colormap, HIST_SIZE.0, HIST_SIZE.1);
-            let hrel = format!("layers/{stem}.hist.png");
-            write(&dir.join(&hrel), &render::encode_png(&himg)?)?;
-            card.histogram = Some(hrel);
-            card.hist_axis = (!hist.lo.is_nan()).then(|| {
-                (
-                    fmt_num(hist.lo),
-                    fmt_num(hist.hi),
-                    format!("{}", hist.peak()),
-                )
-            });
-        }
-        Err(e) => card.error = Some(e.to_string()),
-    }
-    Ok(card)
-}
-
-fn colormap_note(cm: Colormap, o: &RenderOptions) -> String {
-    let scale = match o.scale {
-        render::Scale::PerChannel => "each channel scaled to its own range".to_string(),
-        render::Scale::Shared => "one scale for all channels".to_string(),
-        render::Scale::Percentile(a, b) => format!("one scale, clipped to percentiles {a}–{b}"),
-    };
-    let map = if cm.is_diverging() {
-        format!("{cm}, centred on 0")
-    } else {
-        cm.to_string()
-    };
-    format!("{map}; {scale}")
-}
-
-#[derive(Serialize)]
-struct RunFacts {
-    id: String,
-    model: String,
-    created: String,
-    input: String,
-    source: String,
-    size: String,
-    layers: usize,
-    data: String,
-    tags: Vec<(String, String)>,
-    metadata: Vec<(String, String)>,
-    rendered_at: String,
-}
-
-/// Renders one run file into `out/<gallery_name>/`: built in a dot-temp folder
+/// Renders one run file into `out/<gallery_name>/`: built in a staging folder
 /// inside `out`, then swapped into place (no half gallery is ever visible); writes
-/// manifest.json last inside the temp folder. Does NOT rewrite `out/index.html`
+/// manifest.json last inside the staging folder. Refuses to replace a folder that is
+/// not a gallery of ours ([`check_replaceable`]). Does NOT rewrite `out/index.html`
 /// (call [`write_index`]).
 pub fn render_gallery(run_path: &Path, out: &Path, opts: &GalleryOptions) -> Result<Manifest> {
     let t0 = Instant::now();
@@ -450,112 +290,22 @@ pub fn render_gallery(run_path: &Path, out: &Path, opts: &GalleryOptions) -> Res
     let cards: Vec<Card> = run
         .layers()
         .par_iter()
-        .map(|l| render_card(&run, l, &dir, opts))
+        .map(|l| card::render_card(&run, l, &dir, opts))
         .collect::<Result<_>>()?;
-
-    // Thumbnail: the first conv-like layer, else the first picture.
-    let mut thumbnail = None;
-    if let Some(best) = cards
-        .iter()
-        .filter(|c| c.picture.is_some())
-        .max_by_key(|c| (c.thumb_score, std::cmp::Reverse(c.index)))
-    {
-        let data = run.data_at(best.index)?;
-        let mut o = opts.render.clone();
-        o.max_pixels = THUMB_PIXELS;
-        o.min_cell = 8;
-        o.min_side = 96;
-        if best.shape.len() >= 2 && best.shape[0] > 0 {
-            o.sample = o.sample.min(best.shape[0] - 1);
-        }
-        let img = render::render_layer(&data, &best.shape, &o);
-        data.check()?;
-        if let Ok(img) = img {
-            write(&dir.join("thumb.png"), &render::encode_png(&img)?)?;
-            thumbnail = Some("thumb.png".to_string());
-        }
-    }
-
-    let info = run.info();
-    let stats: Vec<StatsEntry> = run
-        .layers()
-        .iter()
-        .zip(&cards)
-        .map(|(l, c)| StatsEntry {
-            index: l.index,
-            name: &l.name,
-            kind: l.kind.as_deref(),
-            shape: &l.shape,
-            dtype: &c.dtype,
-            stats: c.stats_raw,
-            picture: c.picture.as_deref(),
-            histogram: c.histogram.as_deref(),
-            error: c.error.as_deref(),
-        })
-        .collect();
-    let stats_json = serde_json::to_vec_pretty(&StatsFile {
-        run_id: &name,
-        layers: stats,
-    })
-    .map_err(|e| Error::Invalid(format!("stats.json: {e}")))?;
-    write(&dir.join("stats.json"), &stats_json)?;
-
-    let rendered_at = now_rfc3339();
-    let facts_html = RunFacts {
-        id: info.id.clone(),
-        model: info.model.clone(),
-        created: info.created.clone(),
-        input: info.input.clone(),
-        source: absolute(run_path).display().to_string(),
-        size: fmt_bytes(facts.size),
-        layers: run.len(),
-        data: fmt_bytes(run.data_bytes() as u64),
-        tags: info
-            .tags
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect(),
-        metadata: run
-            .metadata()
-            .iter()
-            .map(|(k, v)| (k.clone(), v.chars().take(300).collect()))
-            .collect(),
-        rendered_at: rendered_at.clone(),
-    };
-    let nonfinite: Vec<&Card> = cards.iter().filter(|c| c.nonfinite).collect();
-    let dead: Vec<&Card> = cards.iter().filter(|c| c.dead_many).collect();
-    let html = page(
-        "run.html",
-        context! {
-            name => &name,
-            run => facts_html,
-            cards => &cards,
-            nonfinite => nonfinite,
-            dead => dead,
-            renderer_version => RENDERER_VERSION,
-            sample => opts.render.sample,
-        },
+    let thumbnail = card::thumbnail(&run, &cards, &dir, opts)?;
+    write(
+        &dir.join("stats.json"),
+        &card::stats_json(&run, &cards, &name)?,
     )?;
+    let mut manifest = Manifest::new(run_path, facts, &name, "ok");
+    let info = run.info();
+    manifest.created = info.created.clone();
+    manifest.model = info.model.clone();
+    manifest.layers = run.len();
+    manifest.thumbnail = thumbnail;
+    let html = card::run_page(&run, &cards, &manifest, opts)?;
     write(&dir.join("index.html"), html.as_bytes())?;
-
-    let manifest = Manifest {
-        gallery_version: GALLERY_VERSION,
-        renderer_version: RENDERER_VERSION.to_string(),
-        source: absolute(run_path),
-        source_size: facts.size,
-        source_mtime_ns: facts.mtime_ns,
-        source_ino: facts.ino,
-        source_ctime_ns: facts.ctime_ns,
-        run_id: name.clone(),
-        created: info.created.clone(),
-        model: info.model.clone(),
-        layers: run.len(),
-        rendered_at,
-        render_ms: t0.elapsed().as_millis() as u64,
-        status: "ok".into(),
-        error: None,
-        thumbnail,
-    };
+    manifest.render_ms = t0.elapsed().as_millis() as u64;
     write_manifest(&dir, &manifest)?;
     check_replaceable(&target)?;
     staging::replace_dir(&mut staging, &target)?;
@@ -594,126 +344,19 @@ pub fn write_error_gallery(run_path: &Path, out: &Path, message: &str) -> Result
         },
     )?;
     write(&staging.path().join("index.html"), html.as_bytes())?;
-    let manifest = Manifest {
-        gallery_version: GALLERY_VERSION,
-        renderer_version: RENDERER_VERSION.to_string(),
-        source: absolute(run_path),
-        source_size: facts.size,
-        source_mtime_ns: facts.mtime_ns,
-        source_ino: facts.ino,
-        source_ctime_ns: facts.ctime_ns,
-        run_id: name.clone(),
-        created: String::new(),
-        model: String::new(),
-        layers: 0,
-        rendered_at,
-        render_ms: 0,
-        status: "error".into(),
-        error: Some(message),
-        thumbnail: None,
-    };
+    let mut manifest = Manifest::new(run_path, facts, &name, "error");
+    manifest.rendered_at = rendered_at;
+    manifest.error = Some(message);
     write_manifest(staging.path(), &manifest)?;
     check_replaceable(&target)?;
     staging::replace_dir(&mut staging, &target)?;
     Ok(manifest)
 }
 
-/// Percent-encodes everything but `[A-Za-z0-9._~-]` (one path segment of a link).
-fn url_segment(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"._-~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
-#[derive(Serialize)]
-struct IndexEntry {
-    name: String,
-    href: String,
-    thumb: Option<String>,
-    model: String,
-    created: String,
-    layers: usize,
-    rendered_at: String,
-    render_ms: u64,
-    source: String,
-    error: Option<String>,
-}
-
-/// Rewrites `out/index.html` atomically from all manifests found in
-/// `out/*/manifest.json`, newest first (by `created`, then `rendered_at`), with
-/// thumbnails; ignores dot folders.
-pub fn write_index(out: &Path) -> Result<()> {
-    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
-    let rd = std::fs::read_dir(out).map_err(|e| Error::io(out, e))?;
-    let mut found: Vec<(String, Manifest)> = Vec::new();
-    for e in rd.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        if name.starts_with('.') || !e.file_type().is_ok_and(|t| t.is_dir()) {
-            continue;
-        }
-        if let Some(m) = read_manifest(&e.path()) {
-            found.push((name, m));
-        }
-    }
-    found.sort_by(|a, b| {
-        (&b.1.created, &b.1.rendered_at, &a.0).cmp(&(&a.1.created, &a.1.rendered_at, &b.0))
-    });
-    let entries: Vec<IndexEntry> = found
-        .into_iter()
-        .map(|(name, m)| {
-            let base = url_segment(&name);
-            // A thumbnail path from a manifest is used only if it is a plain relative
-            // path inside the gallery that exists.
-            let thumb = m.thumbnail.as_deref().and_then(|t| {
-                let p = Path::new(t);
-                let plain = !t.is_empty()
-                    && p.components()
-                        .all(|c| matches!(c, std::path::Component::Normal(_)));
-                (plain && out.join(&name).join(p).is_file()).then(|| {
-                    let segs: Vec<String> = p
-                        .components()
-                        .map(|c| url_segment(&c.as_os_str().to_string_lossy()))
-                        .collect();
-                    format!("{base}/{}", segs.join("/"))
-                })
-            });
-            IndexEntry {
-                href: format!("{base}/index.html"),
-                thumb,
-                model: m.model,
-                created: m.created,
-                layers: m.layers,
-                rendered_at: m.rendered_at,
-                render_ms: m.render_ms,
-                source: m
-                    .source
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default(),
-                error: (m.status != "ok")
-                    .then(|| m.error.unwrap_or_else(|| "unknown error".into())),
-                name,
-            }
-        })
-        .collect();
-    let html = page(
-        "index.html",
-        context! { entries => entries, updated => now_rfc3339() },
-    )?;
-    let index = out.join("index.html");
-    check_page_replaceable(&index, "index")?;
-    write_atomic(&index, html.as_bytes())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pages::layer_file_stem;
 
     #[test]
     fn names_stay_inside_the_folder() {
@@ -819,11 +462,5 @@ mod tests {
             "{html}"
         );
         assert!(html.contains("&lt;script&gt;"));
-    }
-
-    #[test]
-    fn url_segments_are_encoded() {
-        assert_eq!(url_segment("a b/c?"), "a%20b%2Fc%3F");
-        assert_eq!(url_segment("run-1.x_y"), "run-1.x_y");
     }
 }

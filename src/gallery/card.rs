@@ -1,0 +1,318 @@
+//! One card per layer on a run's page: statistics, picture, histogram; plus the
+//! run's thumbnail, `stats.json` and page.
+
+use std::path::Path;
+
+use minijinja::context;
+use serde::Serialize;
+
+use super::{
+    absolute, write, GalleryOptions, Manifest, HIST_BINS, HIST_SIZE, RENDERER_VERSION, THUMB_PIXELS,
+};
+use crate::pages::{fmt_bytes, fmt_num, layer_file_stem, page};
+use crate::render::{self, Colormap, Histogram, LayoutKind, Picture, RenderOptions};
+use crate::runfile::LayerInfo;
+use crate::values::LayerData;
+use crate::{Error, Result, Run, Stats};
+
+#[derive(Debug, Default, Serialize)]
+pub(super) struct Card {
+    index: usize,
+    name: String,
+    kind: String,
+    shape: Vec<usize>,
+    shape_str: String,
+    dtype: String,
+    elements: usize,
+    #[serde(skip)]
+    stats_raw: Option<Stats>,
+    stats: Option<CardStats>,
+    picture: Option<String>,
+    picture_size: Option<(u32, u32)>,
+    histogram: Option<String>,
+    caption: String,
+    colormap: String,
+    range: Option<(String, String)>,
+    hist_axis: Option<(String, String, String)>,
+    dead_pct: Option<String>,
+    dead_many: bool,
+    nonfinite: bool,
+    error: Option<String>,
+    #[serde(skip)]
+    thumb_score: u8,
+}
+
+#[derive(Debug, Serialize)]
+pub(super) struct CardStats {
+    min: String,
+    max: String,
+    mean: String,
+    std: String,
+    zero_pct: String,
+    nan: u64,
+    inf: u64,
+}
+
+#[derive(Debug, Serialize)]
+struct StatsFile<'a> {
+    run_id: &'a str,
+    layers: Vec<StatsEntry<'a>>,
+}
+
+#[derive(Debug, Serialize)]
+struct StatsEntry<'a> {
+    index: usize,
+    name: &'a str,
+    kind: Option<&'a str>,
+    shape: &'a [usize],
+    dtype: &'a str,
+    #[serde(flatten)]
+    stats: Option<Stats>,
+    picture: Option<&'a str>,
+    histogram: Option<&'a str>,
+    error: Option<&'a str>,
+}
+
+fn is_relu(kind: &str) -> bool {
+    kind.to_ascii_lowercase().contains("relu")
+}
+
+/// Renders one layer's card. A layer that cannot be drawn gets an error on its
+/// card; a read that fails (the file shrank, an I/O error) fails the gallery.
+pub(super) fn render_card(
+    run: &Run,
+    l: &LayerInfo,
+    dir: &Path,
+    opts: &GalleryOptions,
+) -> Result<Card> {
+    let mut card = Card {
+        index: l.index,
+        name: l.name.clone(),
+        kind: l.kind.clone().unwrap_or_default(),
+        shape: l.shape.clone(),
+        shape_str: l.shape_str(),
+        dtype: l.dtype.to_string(),
+        elements: l.elem_count(),
+        ..Card::default()
+    };
+    let data = match run.data_at(l.index) {
+        Ok(d) => d,
+        Err(e) => {
+            card.error = Some(e.to_string());
+            return Ok(card);
+        }
+    };
+    let stats = Stats::of(&data);
+    data.check()?;
+    card.set_stats(stats);
+    let ropts = sample_options(&opts.render, &l.shape);
+    let picture = render::render(&data, &l.shape, &ropts);
+    data.check()?;
+    match picture {
+        Ok(pic) => card.set_picture(&data, &pic, &stats, &ropts, dir)?,
+        Err(e) => card.error = Some(e.to_string()),
+    }
+    Ok(card)
+}
+
+/// `opts` for a layer of `shape`: a layer with fewer samples than asked shows its last.
+fn sample_options(opts: &RenderOptions, shape: &[usize]) -> RenderOptions {
+    let mut o = opts.clone();
+    if shape.len() >= 2 && shape[0] > 0 {
+        o.sample = o.sample.min(shape[0] - 1);
+    }
+    o
+}
+
+impl Card {
+    fn set_stats(&mut self, stats: Stats) {
+        self.nonfinite = stats.non_finite() > 0;
+        self.stats = Some(CardStats {
+            min: fmt_num(stats.min),
+            max: fmt_num(stats.max),
+            mean: fmt_num(stats.mean),
+            std: fmt_num(stats.std),
+            zero_pct: format!("{:.1}%", stats.zero_fraction * 100.0),
+            nan: stats.nan,
+            inf: stats.inf,
+        });
+        if is_relu(&self.kind) {
+            self.dead_pct = Some(format!("{:.1}%", stats.zero_fraction * 100.0));
+            self.dead_many = stats.zero_fraction >= 0.5;
+        }
+        self.stats_raw = Some(stats);
+    }
+
+    /// Writes the picture and the histogram into `dir/layers/` and describes them.
+    fn set_picture(
+        &mut self,
+        data: &LayerData<'_>,
+        pic: &Picture,
+        stats: &Stats,
+        ropts: &RenderOptions,
+        dir: &Path,
+    ) -> Result<()> {
+        let stem = layer_file_stem(self.index, &self.name);
+        let rel = format!("layers/{stem}.png");
+        write(&dir.join(&rel), &render::encode_png(&pic.image)?)?;
+        let lay = &pic.layout;
+        let mut caption = lay.describe();
+        if lay.samples > 1 && lay.kind != LayoutKind::Empty {
+            caption = format!("sample {} of {}: {caption}", lay.sample, lay.samples);
+        }
+        self.caption = caption;
+        self.colormap = colormap_note(pic.colormap, ropts);
+        self.range = pic
+            .range
+            .map(|(a, b)| (fmt_num(a as f64), fmt_num(b as f64)));
+        self.picture = Some(rel);
+        self.picture_size = Some(pic.image.dimensions());
+        self.thumb_score = match lay.kind {
+            LayoutKind::Grid if lay.tiles > 1 => 3,
+            LayoutKind::Grid | LayoutKind::Heatmap => 2,
+            LayoutKind::Folded => 1,
+            LayoutKind::Empty => 0,
+        };
+        let hist = Histogram::of(data, stats, HIST_BINS);
+        data.check()?;
+        let himg = render::render_histogram(&hist, pic.colormap, HIST_SIZE.0, HIST_SIZE.1);
+        let hrel = format!("layers/{stem}.hist.png");
+        write(&dir.join(&hrel), &render::encode_png(&himg)?)?;
+        self.histogram = Some(hrel);
+        self.hist_axis = (!hist.lo.is_nan()).then(|| {
+            (
+                fmt_num(hist.lo),
+                fmt_num(hist.hi),
+                format!("{}", hist.peak()),
+            )
+        });
+        Ok(())
+    }
+}
+
+/// Writes `dir/thumb.png` from the best card (a grid of maps, else a heatmap, else
+/// the first picture); its relative path, if any.
+pub(super) fn thumbnail(
+    run: &Run,
+    cards: &[Card],
+    dir: &Path,
+    opts: &GalleryOptions,
+) -> Result<Option<String>> {
+    let Some(best) = cards
+        .iter()
+        .filter(|c| c.picture.is_some())
+        .max_by_key(|c| (c.thumb_score, std::cmp::Reverse(c.index)))
+    else {
+        return Ok(None);
+    };
+    let data = run.data_at(best.index)?;
+    let mut o = sample_options(&opts.render, &best.shape);
+    o.max_pixels = THUMB_PIXELS;
+    o.min_cell = 8;
+    o.min_side = 96;
+    let Ok(img) = render::render_layer(&data, &best.shape, &o) else {
+        data.check()?;
+        return Ok(None);
+    };
+    write(&dir.join("thumb.png"), &render::encode_png(&img)?)?;
+    Ok(Some("thumb.png".to_string()))
+}
+
+/// The bytes of `stats.json`.
+pub(super) fn stats_json(run: &Run, cards: &[Card], name: &str) -> Result<Vec<u8>> {
+    let layers = run
+        .layers()
+        .iter()
+        .zip(cards)
+        .map(|(l, c)| StatsEntry {
+            index: l.index,
+            name: &l.name,
+            kind: l.kind.as_deref(),
+            shape: &l.shape,
+            dtype: &c.dtype,
+            stats: c.stats_raw,
+            picture: c.picture.as_deref(),
+            histogram: c.histogram.as_deref(),
+            error: c.error.as_deref(),
+        })
+        .collect();
+    serde_json::to_vec_pretty(&StatsFile {
+        run_id: name,
+        layers,
+    })
+    .map_err(|e| Error::Invalid(format!("stats.json: {e}")))
+}
+
+/// The run's page.
+pub(super) fn run_page(
+    run: &Run,
+    cards: &[Card],
+    m: &Manifest,
+    opts: &GalleryOptions,
+) -> Result<String> {
+    let info = run.info();
+    let facts = RunFacts {
+        id: info.id.clone(),
+        model: info.model.clone(),
+        created: info.created.clone(),
+        input: info.input.clone(),
+        source: absolute(&m.source).display().to_string(),
+        size: fmt_bytes(m.source_size),
+        layers: run.len(),
+        data: fmt_bytes(run.data_bytes() as u64),
+        tags: info
+            .tags
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        metadata: run
+            .metadata()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.chars().take(300).collect()))
+            .collect(),
+        rendered_at: m.rendered_at.clone(),
+    };
+    let nonfinite: Vec<&Card> = cards.iter().filter(|c| c.nonfinite).collect();
+    let dead: Vec<&Card> = cards.iter().filter(|c| c.dead_many).collect();
+    page(
+        "run.html",
+        context! {
+            name => &m.run_id,
+            run => facts,
+            cards => cards,
+            nonfinite => nonfinite,
+            dead => dead,
+            renderer_version => RENDERER_VERSION,
+            sample => opts.render.sample,
+        },
+    )
+}
+
+fn colormap_note(cm: Colormap, o: &RenderOptions) -> String {
+    let scale = match o.scale {
+        render::Scale::PerChannel => "each channel scaled to its own range".to_string(),
+        render::Scale::Shared => "one scale for all channels".to_string(),
+        render::Scale::Percentile(a, b) => format!("one scale, clipped to percentiles {a}–{b}"),
+    };
+    let map = if cm.is_diverging() {
+        format!("{cm}, centred on 0")
+    } else {
+        cm.to_string()
+    };
+    format!("{map}; {scale}")
+}
+
+#[derive(Serialize)]
+struct RunFacts {
+    id: String,
+    model: String,
+    created: String,
+    input: String,
+    source: String,
+    size: String,
+    layers: usize,
+    data: String,
+    tags: Vec<(String, String)>,
+    metadata: Vec<(String, String)>,
+    rendered_at: String,
+}
