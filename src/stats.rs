@@ -172,6 +172,21 @@ impl Stats {
     }
 }
 
+impl crate::Run {
+    /// Statistics of layer `name`.
+    pub fn stats(&self, name: &str) -> crate::Result<Stats> {
+        self.stats_at(self.index(name)?)
+    }
+
+    /// Statistics of layer number `index`.
+    pub fn stats_at(&self, index: usize) -> crate::Result<Stats> {
+        let data = self.data_at(index)?;
+        let s = Stats::of(&data);
+        data.check()?;
+        Ok(s)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,443 @@
+//! The run file: a plain safetensors file holding one forward pass (format version 1).
+//!
+//! Tensor name = layer name. `__metadata__` carries `candlelight.version` (`"1"`),
+//! `candlelight.order` (a JSON array of the names in capture order) and
+//! `candlelight.run` (a JSON object: `id`, `created`, `model`, `input`, optional
+//! `kinds` and `tags`). Other metadata keys belong to the user and are kept.
+//! Files from other producers (no candlelight metadata) open as runs too; their
+//! order is the file's own (by data offset).
+//!
+//! [`Run::open`] reads the header only (two positioned reads); a layer is read when
+//! asked for, with positioned reads of its own bytes. Files are not memory-mapped, so
+//! a producer truncating a file while it is read makes that read fail cleanly
+//! instead of killing the reader with SIGBUS. Only regular files are opened, and
+//! without blocking (a FIFO named `*.safetensors` is an error, not a hang).
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use candle_core::{DType, Device, Tensor};
+use safetensors::Dtype;
+use serde::{Deserialize, Serialize};
+
+mod open;
+pub(crate) mod path_json;
+mod write;
+
+pub(crate) use open::file_kind;
+use open::read_error;
+
+use crate::values::{read_exact_at, LayerData};
+use crate::{Error, Result};
+
+/// Format version written into `candlelight.version`.
+pub const FORMAT_VERSION: &str = "1";
+/// Metadata key of the format version.
+pub const KEY_VERSION: &str = "candlelight.version";
+/// Metadata key of the capture order.
+pub const KEY_ORDER: &str = "candlelight.order";
+/// Metadata key of the run facts.
+pub const KEY_RUN: &str = "candlelight.run";
+/// File extension of run files.
+pub const EXTENSION: &str = "safetensors";
+
+/// The run facts stored in `candlelight.run`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RunInfo {
+    /// Run id: `YYYYMMDD-HHMMSS-<model>-<4 hex>`.
+    #[serde(default)]
+    pub id: String,
+    /// Creation time, RFC 3339, UTC.
+    #[serde(default)]
+    pub created: String,
+    /// Model name.
+    #[serde(default)]
+    pub model: String,
+    /// A description of the input.
+    #[serde(default)]
+    pub input: String,
+    /// Layer name -> layer kind (`conv2d`, `linear`, `relu`, `tap`, ...).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub kinds: BTreeMap<String, String>,
+    /// Free-form tags.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tags: BTreeMap<String, String>,
+    /// Other keys of the object, kept as they are.
+    #[serde(flatten)]
+    pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+/// One layer of a run: its name, kind, shape and dtype.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LayerInfo {
+    /// Capture position (0-based).
+    pub index: usize,
+    /// Layer name (tensor name in the file).
+    pub name: String,
+    /// Layer kind, when the producer recorded one.
+    pub kind: Option<String>,
+    /// Shape.
+    pub shape: Vec<usize>,
+    /// Stored dtype, as safetensors names it (`F32`, `BF16`, ...).
+    #[serde(serialize_with = "ser_dtype")]
+    pub dtype: Dtype,
+}
+
+fn ser_dtype<S: serde::Serializer>(d: &Dtype, s: S) -> std::result::Result<S::Ok, S::Error> {
+    s.collect_str(d)
+}
+
+impl LayerInfo {
+    /// Number of elements.
+    pub fn elem_count(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    /// Size of the stored data in bytes.
+    pub fn nbytes(&self) -> usize {
+        self.elem_count() * self.dtype.bitsize() / 8
+    }
+
+    /// The shape written as `[1, 32, 26, 26]`.
+    pub fn shape_str(&self) -> String {
+        shape_str(&self.shape)
+    }
+}
+
+/// A shape written as `[1, 32, 26, 26]`.
+pub fn shape_str(shape: &[usize]) -> String {
+    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+    format!("[{}]", dims.join(", "))
+}
+
+enum Store {
+    /// Recorded in this process: candle tensors (shared handles).
+    Memory(Vec<Tensor>),
+    /// Opened from a file: the open file and each layer's byte range in it.
+    File {
+        file: std::fs::File,
+        ranges: Vec<(u64, u64)>,
+    },
+}
+
+/// One forward pass: layers in capture order plus the run facts.
+///
+/// A run comes from [`crate::Recorder::record`] (in memory) or [`Run::open`] (a file).
+pub struct Run {
+    path: Option<PathBuf>,
+    info: RunInfo,
+    metadata: BTreeMap<String, String>,
+    layers: Vec<LayerInfo>,
+    by_name: HashMap<String, usize>,
+    store: Store,
+    file_size: u64,
+}
+
+impl std::fmt::Debug for Run {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Run")
+            .field("id", &self.info.id)
+            .field("path", &self.path)
+            .field("layers", &self.layers.len())
+            .finish()
+    }
+}
+
+impl Run {
+    /// A run in memory from named tensors in capture order (kinds may be empty).
+    pub(crate) fn from_tensors(
+        info: RunInfo,
+        entries: Vec<(String, Tensor)>,
+        metadata: BTreeMap<String, String>,
+    ) -> Self {
+        let mut layers = Vec::with_capacity(entries.len());
+        let mut tensors = Vec::with_capacity(entries.len());
+        for (index, (name, t)) in entries.into_iter().enumerate() {
+            layers.push(LayerInfo {
+                index,
+                kind: info.kinds.get(&name).cloned(),
+                name,
+                shape: t.dims().to_vec(),
+                dtype: t.dtype().into(),
+            });
+            tensors.push(t);
+        }
+        let by_name = index_names(&layers);
+        Run {
+            path: None,
+            info,
+            metadata,
+            layers,
+            by_name,
+            store: Store::Memory(tensors),
+            file_size: 0,
+        }
+    }
+
+    /// Builds a run from named tensors (e.g. to compare against a hand-made reference).
+    pub fn from_named_tensors(
+        model: &str,
+        entries: impl IntoIterator<Item = (String, Tensor)>,
+    ) -> Self {
+        let info = RunInfo {
+            id: new_run_id(model),
+            created: now_rfc3339(),
+            model: model.to_string(),
+            ..RunInfo::default()
+        };
+        Run::from_tensors(info, entries.into_iter().collect(), BTreeMap::new())
+    }
+
+    /// The run facts (`candlelight.run`).
+    pub fn info(&self) -> &RunInfo {
+        &self.info
+    }
+
+    /// The run id (may be empty for files from other producers).
+    pub fn id(&self) -> &str {
+        &self.info.id
+    }
+
+    /// The file this run was opened from.
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+
+    /// Size of the file in bytes (0 for a run in memory).
+    pub fn file_size(&self) -> u64 {
+        self.file_size
+    }
+
+    /// The user's metadata keys (everything but `candlelight.*`).
+    pub fn metadata(&self) -> &BTreeMap<String, String> {
+        &self.metadata
+    }
+
+    /// Sets a user metadata key, kept when the run is saved.
+    pub fn set_metadata(&mut self, key: impl Into<String>, value: impl Into<String>) {
+        self.metadata.insert(key.into(), value.into());
+    }
+
+    /// Layers in capture order.
+    pub fn layers(&self) -> &[LayerInfo] {
+        &self.layers
+    }
+
+    /// Number of layers.
+    pub fn len(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// True when the run holds no layer.
+    pub fn is_empty(&self) -> bool {
+        self.layers.is_empty()
+    }
+
+    /// The layer called `name`.
+    pub fn layer(&self, name: &str) -> Option<&LayerInfo> {
+        self.by_name.get(name).map(|&i| &self.layers[i])
+    }
+
+    /// Total bytes of layer data.
+    pub fn data_bytes(&self) -> usize {
+        self.layers.iter().map(LayerInfo::nbytes).sum()
+    }
+
+    fn where_(&self) -> PathBuf {
+        self.path
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(format!("<run {}>", self.info.id)))
+    }
+
+    pub(crate) fn index(&self, name: &str) -> Result<usize> {
+        self.by_name
+            .get(name)
+            .copied()
+            .ok_or_else(|| Error::NoSuchLayer {
+                path: self.where_(),
+                name: name.to_string(),
+            })
+    }
+
+    /// The data of layer number `index`, to read as f32 without converting it all.
+    pub fn data_at(&self, index: usize) -> Result<LayerData<'_>> {
+        let info = self
+            .layers
+            .get(index)
+            .ok_or_else(|| Error::Invalid(format!("layer index {index} out of range")))?;
+        match &self.store {
+            Store::File { file, ranges } => {
+                let (s, e) = ranges[index];
+                let path = self.path.as_deref().unwrap_or(Path::new(""));
+                LayerData::from_file(file, s, (e - s) as usize, info.dtype, path, &info.name)
+            }
+            Store::Memory(tensors) => {
+                let t = &tensors[index];
+                let v = t
+                    .to_device(&Device::Cpu)?
+                    .flatten_all()?
+                    .to_dtype(DType::F32)?
+                    .to_vec1::<f32>()?;
+                Ok(LayerData::from_f32(v))
+            }
+        }
+    }
+
+    /// The data of layer `name`.
+    pub fn data(&self, name: &str) -> Result<LayerData<'_>> {
+        self.data_at(self.index(name)?)
+    }
+
+    /// Layer `name` as a candle tensor on the CPU (copied out of the file).
+    pub fn tensor(&self, name: &str) -> Result<Tensor> {
+        self.tensor_at(self.index(name)?)
+    }
+
+    /// Layer number `index` as a candle tensor.
+    pub fn tensor_at(&self, index: usize) -> Result<Tensor> {
+        let info = &self.layers[index];
+        match &self.store {
+            Store::Memory(t) => Ok(t[index].clone()),
+            Store::File { .. } => {
+                use candle_core::safetensors::Load;
+                let bytes = self.layer_bytes(index)?;
+                let view =
+                    safetensors::tensor::TensorView::new(info.dtype, info.shape.clone(), &bytes)
+                        .map_err(|e| {
+                            Error::bad(self.where_(), format!("layer {:?}: {e}", info.name))
+                        })?;
+                view.load(&Device::Cpu)
+                    .map_err(|e| Error::bad(self.where_(), format!("layer {:?}: {e}", info.name)))
+            }
+        }
+    }
+
+    /// The stored bytes of layer number `index` of a run opened from a file.
+    fn layer_bytes(&self, index: usize) -> Result<Vec<u8>> {
+        let Store::File { file, ranges } = &self.store else {
+            return Err(Error::Invalid("layer bytes of a run in memory".into()));
+        };
+        let (s, e) = ranges[index];
+        let mut buf = vec![0u8; (e - s) as usize];
+        read_exact_at(file, &mut buf, s).map_err(|e| read_error(&self.where_(), e))?;
+        Ok(buf)
+    }
+
+    /// Layer `name` as f32 values (row-major).
+    pub fn values(&self, name: &str) -> Result<Vec<f32>> {
+        let data = self.data(name)?;
+        let v = data.to_vec();
+        data.check()?;
+        Ok(v)
+    }
+
+    /// The header metadata this run is saved with.
+    pub fn header_metadata(&self) -> HashMap<String, String> {
+        let mut m: HashMap<String, String> = self
+            .metadata
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        m.insert(KEY_VERSION.into(), FORMAT_VERSION.into());
+        let order: Vec<&str> = self.layers.iter().map(|l| l.name.as_str()).collect();
+        m.insert(
+            KEY_ORDER.into(),
+            serde_json::to_string(&order).expect("names serialize"),
+        );
+        let mut info = self.info.clone();
+        info.kinds = self
+            .layers
+            .iter()
+            .filter_map(|l| l.kind.clone().map(|k| (l.name.clone(), k)))
+            .collect();
+        m.insert(
+            KEY_RUN.into(),
+            serde_json::to_string(&info).expect("run info serializes"),
+        );
+        m
+    }
+
+    /// The file name this run is saved under: `<run-id>.safetensors`.
+    pub fn file_name(&self) -> String {
+        let id = if self.info.id.is_empty() {
+            "run".to_string()
+        } else {
+            sanitize_id(&self.info.id)
+        };
+        format!("{id}.{EXTENSION}")
+    }
+}
+
+fn index_names(layers: &[LayerInfo]) -> HashMap<String, usize> {
+    layers.iter().map(|l| (l.name.clone(), l.index)).collect()
+}
+
+/// Keeps `[A-Za-z0-9._-]`, replaces the rest with `-`, at most 96 characters, never
+/// empty and never starting with a dot.
+pub fn sanitize_id(s: &str) -> String {
+    let mut out: String = s
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '_' || c == '-' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(96)
+        .collect();
+    while out.starts_with('.') {
+        out.replace_range(0..1, "_");
+    }
+    if out.is_empty() {
+        out.push('_');
+    }
+    out
+}
+
+/// Current time, RFC 3339 UTC with seconds.
+pub fn now_rfc3339() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+/// A fresh run id `YYYYMMDD-HHMMSS-<model>-<4 hex>`, distinct within this process
+/// (the 4 hex digits are a random start plus a counter).
+pub fn new_run_id(model: &str) -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    static START: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    let start = *START.get_or_init(rand::random::<u32>);
+    let suffix = (start.wrapping_add(NEXT.fetch_add(1, Ordering::Relaxed))) & 0xffff;
+    let model = if model.is_empty() { "run" } else { model };
+    let model: String = sanitize_id(model).chars().take(48).collect();
+    format!(
+        "{}-{model}-{suffix:04x}",
+        chrono::Utc::now().format("%Y%m%d-%H%M%S")
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_have_the_documented_shape() {
+        let a = new_run_id("le net/<x>");
+        let b = new_run_id("le net/<x>");
+        assert_ne!(a, b);
+        assert!(a
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)));
+        let parts: Vec<&str> = a.split('-').collect();
+        assert_eq!(parts[0].len(), 8);
+        assert_eq!(parts[1].len(), 6);
+        assert_eq!(parts.last().unwrap().len(), 4);
+    }
+
+    #[test]
+    fn sanitize_never_leaves_the_folder() {
+        assert_eq!(sanitize_id("../../x"), "_.-..-x");
+        assert_eq!(sanitize_id(""), "_");
+        assert_eq!(sanitize_id("/etc/passwd"), "-etc-passwd");
+    }
+}

@@ -1,0 +1,265 @@
+//! Opening a run file: only regular files, without blocking; the header read with
+//! two positioned reads and checked as the safetensors crate checks it.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+
+use safetensors::tensor::{Metadata, TensorInfo};
+use safetensors::SafeTensorError;
+use serde::Deserialize;
+
+use super::{
+    index_names, LayerInfo, Run, RunInfo, Store, FORMAT_VERSION, KEY_ORDER, KEY_RUN, KEY_VERSION,
+};
+use crate::values::read_exact_at;
+use crate::{Error, Result};
+
+impl Run {
+    /// Opens a run file: reads and checks the header, reads no layer.
+    ///
+    /// Only regular files (or symlinks to them) are opened, without blocking; the
+    /// data section must end exactly at the end of the file.
+    pub fn open(path: impl AsRef<Path>) -> Result<Run> {
+        let path = path.as_ref();
+        let file = open_regular(path)?;
+        let size = file.metadata().map_err(|e| Error::io(path, e))?.len();
+        Run::from_file(path, file, size)
+    }
+
+    fn from_file(path: &Path, file: std::fs::File, size: u64) -> Result<Run> {
+        if size < 8 {
+            return Err(Error::bad(
+                path,
+                format!("truncated: {size} bytes, a safetensors file starts with an 8-byte header length"),
+            ));
+        }
+        let (meta, data_start) = read_header(path, &file, size)?;
+        let user_meta = meta.metadata().clone().unwrap_or_default();
+        if let Some(v) = user_meta.get(KEY_VERSION) {
+            if v != FORMAT_VERSION {
+                return Err(Error::bad(
+                    path,
+                    format!("unsupported run format version {v:?} (this build reads version {FORMAT_VERSION})"),
+                ));
+            }
+        }
+        let info: RunInfo = match user_meta.get(KEY_RUN) {
+            Some(s) => serde_json::from_str(s)
+                .map_err(|e| Error::bad(path, format!("{KEY_RUN} is not a JSON object: {e}")))?,
+            None => RunInfo::default(),
+        };
+        let order = capture_order(path, &meta, user_meta.get(KEY_ORDER))?;
+        let tensors = meta.tensors();
+        let mut layers = Vec::with_capacity(order.len());
+        let mut ranges = Vec::with_capacity(order.len());
+        for (index, name) in order.into_iter().enumerate() {
+            let ti = tensors[&name];
+            let (s, e) = ti.data_offsets;
+            ranges.push((data_start + s as u64, data_start + e as u64));
+            layers.push(LayerInfo {
+                index,
+                kind: info.kinds.get(&name).cloned(),
+                name,
+                shape: ti.shape.clone(),
+                dtype: ti.dtype,
+            });
+        }
+        let metadata = user_meta
+            .into_iter()
+            .filter(|(k, _)| k != KEY_VERSION && k != KEY_ORDER && k != KEY_RUN)
+            .collect();
+        let by_name = index_names(&layers);
+        Ok(Run {
+            path: Some(path.to_path_buf()),
+            info,
+            metadata,
+            layers,
+            by_name,
+            store: Store::File { file, ranges },
+            file_size: size,
+        })
+    }
+}
+
+/// The safetensors crate's limit on header size.
+const MAX_HEADER: usize = 100_000_000;
+
+/// Opens `path` for reading if it is a regular file (following symlinks), without
+/// blocking: a FIFO, socket or device is refused before it is opened, and the open
+/// itself never waits for a writer.
+pub(crate) fn open_regular(path: &Path) -> Result<std::fs::File> {
+    let md = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+    if !md.is_file() {
+        return Err(Error::bad(
+            path,
+            format!("not a regular file ({})", file_kind(&md)),
+        ));
+    }
+    let mut o = std::fs::OpenOptions::new();
+    o.read(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::custom_flags(&mut o, libc::O_NONBLOCK);
+    let file = o.open(path).map_err(|e| Error::io(path, e))?;
+    let md = file.metadata().map_err(|e| Error::io(path, e))?;
+    if !md.is_file() {
+        // Replaced between the check and the open.
+        return Err(Error::bad(
+            path,
+            format!("not a regular file ({})", file_kind(&md)),
+        ));
+    }
+    Ok(file)
+}
+
+/// "a folder", "a FIFO", ... for messages.
+pub(crate) fn file_kind(md: &std::fs::Metadata) -> &'static str {
+    let t = md.file_type();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        if t.is_fifo() {
+            return "a FIFO";
+        }
+        if t.is_socket() {
+            return "a socket";
+        }
+        if t.is_char_device() || t.is_block_device() {
+            return "a device";
+        }
+    }
+    if t.is_dir() {
+        "a folder"
+    } else if t.is_symlink() {
+        "a symlink"
+    } else if t.is_file() {
+        "a regular file"
+    } else {
+        "not a regular file"
+    }
+}
+
+pub(super) fn read_error(path: &Path, e: std::io::Error) -> Error {
+    if e.kind() == std::io::ErrorKind::UnexpectedEof {
+        Error::bad(
+            path,
+            "the file ended early while it was read (truncated or rewritten by its producer?)",
+        )
+    } else {
+        Error::io(path, e)
+    }
+}
+
+/// The header JSON parsed and checked as the safetensors crate does (offsets in
+/// order, contiguous, lengths matching shapes and dtypes), without the data.
+fn parse_header(bytes: &[u8]) -> std::result::Result<Metadata, SafeTensorError> {
+    #[derive(Deserialize)]
+    struct Header {
+        #[serde(rename = "__metadata__")]
+        metadata: Option<HashMap<String, String>>,
+        #[serde(flatten)]
+        tensors: HashMap<String, TensorInfo>,
+    }
+    let text = std::str::from_utf8(bytes).map_err(SafeTensorError::InvalidHeader)?;
+    let h: Header =
+        serde_json::from_str(text).map_err(SafeTensorError::InvalidHeaderDeserialization)?;
+    let mut tensors: Vec<_> = h.tensors.into_iter().collect();
+    tensors.sort_by(|a, b| (a.1.data_offsets, &a.0).cmp(&(b.1.data_offsets, &b.0)));
+    Metadata::new(h.metadata, tensors)
+}
+
+/// One line for a safetensors error; `n` is the header length field, `size` the
+/// file's size.
+fn describe_st_error(e: SafeTensorError, n: u64, size: u64) -> String {
+    match e {
+        SafeTensorError::HeaderTooLarge => format!(
+            "header length {n} is larger than the 100 MB safetensors limit or the file ({size} bytes)"
+        ),
+        SafeTensorError::HeaderTooSmall => "truncated: no 8-byte header length".to_string(),
+        SafeTensorError::InvalidHeaderLength => format!(
+            "header length {n} runs past the end of the file ({size} bytes): truncated or not a safetensors file"
+        ),
+        SafeTensorError::InvalidHeader(e) => format!("header is not valid UTF-8: {e}"),
+        SafeTensorError::InvalidHeaderDeserialization(e) => {
+            format!("header is not a safetensors JSON object: {e}")
+        }
+        SafeTensorError::InvalidOffset(name) => format!(
+            "tensor {name:?}: data offsets are out of range, overlapping or leave a gap"
+        ),
+        SafeTensorError::TensorInvalidInfo => {
+            "a tensor's byte length disagrees with its shape and dtype".to_string()
+        }
+        SafeTensorError::MetadataIncompleteBuffer => format!(
+            "data section does not match the file size ({size} bytes): truncated or trailing bytes"
+        ),
+        SafeTensorError::ValidationOverflow => "a tensor's shape overflows".to_string(),
+        SafeTensorError::MisalignedSlice => "a tensor's bit size is not whole bytes".to_string(),
+        other => format!("invalid safetensors file: {other}"),
+    }
+}
+
+/// Layer names in capture order: `candlelight.order` (checked: every name in the
+/// file, none twice), then the tensors it leaves out in file order.
+fn capture_order(path: &Path, meta: &Metadata, listed: Option<&String>) -> Result<Vec<String>> {
+    let file_order = meta.offset_keys();
+    let Some(s) = listed else {
+        return Ok(file_order);
+    };
+    let listed: Vec<String> = serde_json::from_str(s).map_err(|e| {
+        Error::bad(
+            path,
+            format!("{KEY_ORDER} is not a JSON array of names: {e}"),
+        )
+    })?;
+    let mut seen = HashSet::with_capacity(listed.len());
+    for name in &listed {
+        if meta.info(name).is_none() {
+            return Err(Error::bad(
+                path,
+                format!("{KEY_ORDER} names layer {name:?}, which is not in the file"),
+            ));
+        }
+        if !seen.insert(name.as_str()) {
+            return Err(Error::bad(
+                path,
+                format!("{KEY_ORDER} names layer {name:?} twice"),
+            ));
+        }
+    }
+    let rest: Vec<String> = file_order
+        .iter()
+        .filter(|n| !seen.contains(n.as_str()))
+        .cloned()
+        .collect();
+    Ok(listed.into_iter().chain(rest).collect())
+}
+
+/// Reads and checks the header: the metadata and where the data section starts.
+fn read_header(path: &Path, file: &std::fs::File, size: u64) -> Result<(Metadata, u64)> {
+    let mut len = [0u8; 8];
+    read_exact_at(file, &mut len, 0).map_err(|e| read_error(path, e))?;
+    let n = u64::from_le_bytes(len);
+    if n > MAX_HEADER as u64 {
+        return Err(Error::bad(
+            path,
+            describe_st_error(SafeTensorError::HeaderTooLarge, n, size),
+        ));
+    }
+    if n > size - 8 {
+        return Err(Error::bad(
+            path,
+            describe_st_error(SafeTensorError::InvalidHeaderLength, n, size),
+        ));
+    }
+    let mut header = vec![0u8; n as usize];
+    read_exact_at(file, &mut header, 8).map_err(|e| read_error(path, e))?;
+    let meta =
+        parse_header(&header).map_err(|e| Error::bad(path, describe_st_error(e, n, size)))?;
+    let data_start = 8 + n;
+    if data_start + meta.data_len() as u64 != size {
+        return Err(Error::bad(
+            path,
+            describe_st_error(SafeTensorError::MetadataIncompleteBuffer, n, size),
+        ));
+    }
+    Ok((meta, data_start))
+}
