@@ -67,21 +67,25 @@
 //!   `.candlelight-watch.lock`, in the output folder).
 
 pub mod decide;
+mod index;
+mod shell;
 pub mod source;
 pub mod worker;
 
-use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{select, Receiver, Sender};
-use tracing::{debug, info, warn};
+use tracing::info;
 
 pub use decide::{Action, Facts, Job, Observation, Outcome, Planner, Policy, Task};
+pub use index::INDEX_GAP;
+pub use shell::observe;
 pub use source::{Backend, SourceEvent};
 
-use crate::gallery::{self, GalleryOptions};
+use shell::Shell;
+
+use crate::gallery::GalleryOptions;
 use crate::{Error, Result};
 use worker::{Done, Pool};
 
@@ -192,24 +196,11 @@ impl Watch {
 
     /// Catches up, then watches until stopped (or, with `once`, until nothing is
     /// pending). Errors only when it cannot start (no such folder, cannot watch,
-    /// output folder locked); a bad run file never stops it.
+    /// output folder locked, output folder = runs folder); a bad run file never
+    /// stops it.
     pub fn run(self) -> Result<Summary> {
         let o = &self.opts;
-        let runs = absolute(&o.runs);
-        if !runs.is_dir() {
-            return Err(Error::Watch {
-                path: runs,
-                msg: "not a folder".into(),
-            });
-        }
-        let out = absolute(&o.out);
-        if same_folder(&runs, &out) {
-            return Err(Error::Watch {
-                path: out,
-                msg: "the output folder is the runs folder; choose another --out (e.g. a sibling `galleries`)".into(),
-            });
-        }
-        std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, e))?;
+        let (runs, out) = folders(o)?;
         let _lock = lock(&out)?;
         clean_stale(&out, &runs);
 
@@ -234,26 +225,33 @@ impl Watch {
             runs.display(),
             out.display()
         );
-
-        let mut shell = Shell {
-            planner: Planner::new(o.policy.clone()),
-            index: Indexer::start(out.clone()),
-            runs,
-            out,
-            pool,
-            prune: o.policy.prune,
-            summary: Summary::default(),
-            skipped: HashSet::new(),
-            retrying: HashMap::new(),
-        };
+        let mut shell = Shell::new(runs, out, pool, &o.policy);
         shell.index.ping();
         shell.scan(true);
+        let stopped = self.event_loop(&mut shell, &done_rx, &ev_rx);
+        if let Some(s) = source {
+            s.stop();
+        }
+        drop(ev_tx);
+        if stopped {
+            info!("stopping");
+        }
+        Ok(shell.shut_down(&done_rx, o.stop_grace))
+    }
 
+    /// Feeds events, finished tasks and timers to the shell until stopped (true) or,
+    /// with `once`, until nothing is pending (false).
+    fn event_loop(
+        &self,
+        shell: &mut Shell,
+        done_rx: &Receiver<Done>,
+        ev_rx: &Receiver<SourceEvent>,
+    ) -> bool {
+        let o = &self.opts;
         let mut next_rescan = o.rescan.map(|d| Instant::now() + d);
-        let mut stopped = false;
         loop {
             if o.once && shell.planner.is_idle() {
-                break;
+                return false;
             }
             let now = Instant::now();
             let wake = [shell.planner.next_due(), next_rescan]
@@ -264,10 +262,7 @@ impl Watch {
                 w.saturating_duration_since(now)
             });
             select! {
-                recv(self.stop_rx) -> _ => {
-                    stopped = true;
-                    break;
-                }
+                recv(self.stop_rx) -> _ => return true,
                 recv(done_rx) -> d => {
                     if let Ok(d) = d {
                         shell.on_done(d);
@@ -291,49 +286,30 @@ impl Watch {
                 }
             }
         }
-        if let Some(s) = source {
-            s.stop();
-        }
-        drop(ev_tx);
-
-        if stopped {
-            info!("stopping");
-        }
-        shell.pool.stop();
-        let deadline = Instant::now() + o.stop_grace;
-        while shell.pool.active() > 0 && Instant::now() < deadline {
-            if let Ok(d) = done_rx.recv_timeout(Duration::from_millis(10)) {
-                shell.on_done(d);
-            }
-        }
-        while let Ok(d) = done_rx.try_recv() {
-            shell.on_done(d);
-        }
-        let Shell {
-            pool,
-            index,
-            mut summary,
-            ..
-        } = shell;
-        summary.abandoned = pool.active();
-        if summary.abandoned > 0 {
-            warn!(
-                "abandoned {} render(s) in progress; their temp folders are removed on the next start",
-                summary.abandoned
-            );
-        } else {
-            pool.join();
-        }
-        index.finish();
-        info!(
-            "done: {} rendered, {} error page(s), {} pruned, {} up to date at start",
-            summary.rendered, summary.error_pages, summary.pruned, summary.up_to_date
-        );
-        Ok(summary)
     }
 }
 
-fn absolute(p: &Path) -> PathBuf {
+/// The runs and output folders, absolute, checked (the output folder created).
+fn folders(o: &WatchOptions) -> Result<(PathBuf, PathBuf)> {
+    let runs = absolute(&o.runs);
+    if !runs.is_dir() {
+        return Err(Error::Watch {
+            path: runs,
+            msg: "not a folder".into(),
+        });
+    }
+    let out = absolute(&o.out);
+    if same_folder(&runs, &out) {
+        return Err(Error::Watch {
+            path: out,
+            msg: "the output folder is the runs folder; choose another --out (e.g. a sibling `galleries`)".into(),
+        });
+    }
+    std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, e))?;
+    Ok((runs, out))
+}
+
+pub(crate) fn absolute(p: &Path) -> PathBuf {
     std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
 }
 
@@ -345,210 +321,10 @@ fn same_folder(a: &Path, b: &Path) -> bool {
     }
 }
 
-/// What the daemon sees of one run file and its gallery now.
-pub fn observe(out: &Path, path: &Path) -> Observation {
-    let source = worker::facts_now(path);
-    let up_to_date = source.is_some() && gallery::is_up_to_date(out, path);
-    // A gallery counts as this run's (for pruning) when its source is gone.
-    let has_gallery = source.is_none()
-        && gallery::read_manifest(&gallery::gallery_dir(out, path))
-            .is_some_and(|m| !m.source.exists());
-    Observation {
-        id: gallery::gallery_name(path),
-        path: path.to_path_buf(),
-        source,
-        up_to_date,
-        has_gallery,
-    }
-}
-
-/// The imperative half of the loop: feeds the planner, carries out its actions.
-struct Shell {
-    planner: Planner,
-    index: Indexer,
-    runs: PathBuf,
-    out: PathBuf,
-    pool: Pool,
-    prune: bool,
-    summary: Summary,
-    /// Paths named like runs that are not regular files (logged once each).
-    skipped: HashSet<PathBuf>,
-    /// Runs waiting after an I/O failure, with the last message logged.
-    retrying: HashMap<String, String>,
-}
-
-impl Shell {
-    fn apply(&mut self, actions: Vec<Action>) {
-        let mut todo: VecDeque<Action> = actions.into();
-        while let Some(a) = todo.pop_front() {
-            match a {
-                Action::Start(task) => self.pool.submit(task),
-                Action::Recheck { path, .. } => {
-                    let o = observe(&self.out, &path);
-                    todo.extend(self.planner.observe(o, Instant::now()));
-                }
-            }
-        }
-    }
-
-    /// Logs (once) and skips a path named like a run that is not a regular file:
-    /// a FIFO, socket, device or folder is never opened.
-    fn skip_odd(&mut self, path: &Path) -> bool {
-        match std::fs::metadata(path) {
-            Ok(md) if !md.is_file() => {
-                if self.skipped.insert(path.to_path_buf()) {
-                    warn!(
-                        "{}: not a regular file ({}); skipped",
-                        path.display(),
-                        crate::runfile::file_kind(&md)
-                    );
-                }
-                true
-            }
-            _ => {
-                self.skipped.remove(path);
-                false
-            }
-        }
-    }
-
-    fn look(&mut self, path: &Path) -> (bool, bool) {
-        if self.skip_odd(path) {
-            return (false, false);
-        }
-        let o = observe(&self.out, path);
-        let up = o.up_to_date;
-        let acts = self.planner.observe(o, Instant::now());
-        let starts = acts.iter().any(|a| matches!(a, Action::Start(_)));
-        self.apply(acts);
-        (up, starts)
-    }
-
-    fn on_event(&mut self, e: SourceEvent) {
-        match e {
-            SourceEvent::Paths(paths) => {
-                for p in paths {
-                    self.look(&p);
-                }
-            }
-            SourceEvent::Rescan => {
-                warn!("file events were lost (queue overflow); rescanning");
-                self.scan(false);
-            }
-            SourceEvent::Errors(errors) => {
-                for e in errors {
-                    warn!("watcher: {e}");
-                }
-                self.scan(false);
-            }
-        }
-    }
-
-    fn on_done(&mut self, d: Done) {
-        match &d.outcome {
-            Outcome::Rendered => {
-                self.summary.rendered += 1;
-                self.index.ping();
-            }
-            Outcome::ErrorPage => {
-                self.summary.error_pages += 1;
-                self.index.ping();
-            }
-            Outcome::Pruned => {
-                self.summary.pruned += 1;
-                self.index.ping();
-            }
-            Outcome::Changed => self.index.ping(),
-            Outcome::Vanished => {
-                debug!("{}: the run file is gone", d.id);
-                // Its gallery may have been swapped in just before it went.
-                self.index.ping();
-            }
-            Outcome::Retry { message } => {
-                // Once per distinct failure; the wait grows while it lasts.
-                if self.retrying.get(&d.id) != Some(message) {
-                    warn!("{message} (will retry)");
-                    self.retrying.insert(d.id.clone(), message.clone());
-                }
-            }
-            Outcome::Failed { .. } if d.job != Job::Render => self.summary.failed += 1,
-            Outcome::Failed { .. } => {}
-        }
-        if !matches!(d.outcome, Outcome::Retry { .. }) && self.retrying.remove(&d.id).is_some() {
-            info!("{}: writing works again", d.id);
-        }
-        let failed = matches!(d.outcome, Outcome::Failed { .. }) && d.job == Job::Render;
-        let message = match &d.outcome {
-            Outcome::Failed { message, .. } => message.clone(),
-            _ => String::new(),
-        };
-        let acts = self.planner.done(&d.id, d.outcome, Instant::now());
-        if failed && acts.is_empty() {
-            debug!(
-                "{}: not readable yet (failure {} on this version), will retry: {message}",
-                d.id,
-                self.planner.failures(&d.id)
-            );
-        }
-        self.apply(acts);
-    }
-
-    /// Looks at every run file (and, when pruning, every gallery whose run is gone).
-    fn scan(&mut self, catch_up: bool) {
-        let files = match source::scan(&self.runs) {
-            Ok(f) => f,
-            Err(e) => {
-                warn!("cannot scan: {e}");
-                return;
-            }
-        };
-        let (mut up, mut todo) = (0, 0);
-        for p in &files {
-            let (u, s) = self.look(p);
-            up += usize::from(u);
-            todo += usize::from(s);
-        }
-        if self.prune {
-            for p in orphans(&self.out, &self.runs) {
-                self.look(&p);
-            }
-        }
-        if catch_up {
-            self.summary.up_to_date = up;
-            info!(
-                "catch-up: {} run(s) in {}: {todo} to render, {up} up to date",
-                files.len(),
-                self.runs.display()
-            );
-        } else if todo > 0 {
-            info!("rescan: {todo} run(s) to render");
-        }
-    }
-}
-
-/// Run-file paths in `runs` that have a gallery in `out` but no longer exist.
-fn orphans(out: &Path, runs: &Path) -> Vec<PathBuf> {
-    let Ok(rd) = std::fs::read_dir(out) else {
-        return vec![];
-    };
-    let runs_c = std::fs::canonicalize(runs).unwrap_or_else(|_| runs.to_path_buf());
-    rd.flatten()
-        .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
-        .filter_map(|e| gallery::read_manifest(&e.path()))
-        .map(|m| absolute(&m.source))
-        .filter(|src| !src.exists())
-        .filter(|src| {
-            src.parent()
-                .and_then(|p| std::fs::canonicalize(p).ok())
-                .is_some_and(|p| p == runs_c)
-        })
-        .collect()
-}
-
 /// Removes what dead candlelight processes left in `out` (staging and trash folders,
 /// temp files) and in `runs` (run-file temps of killed producers): only leftovers
 /// that [`crate::staging`] can prove are candlelight's and whose writer is gone.
-fn clean_stale(out: &Path, runs: &Path) {
+pub(crate) fn clean_stale(out: &Path, runs: &Path) {
     for dir in [out, runs] {
         let removed = crate::staging::clean_stale(dir);
         if !removed.is_empty() {
@@ -583,63 +359,4 @@ fn lock(out: &Path) -> Result<std::fs::File> {
         }
     }
     Ok(f)
-}
-
-/// Rewrites `out/index.html` on its own thread after galleries change. Pings that
-/// arrive while it writes, or within [`INDEX_GAP`] of the last write, are folded into
-/// one write (a burst of runs does not rewrite the index once per run).
-struct Indexer {
-    tx: Option<Sender<()>>,
-    thread: Option<JoinHandle<()>>,
-}
-
-/// Minimum time between two rewrites of `out/index.html` during a burst; the gap
-/// also grows to 10× the last rewrite's cost, so that with thousands of galleries
-/// the index takes at most ~10 % of the time during a burst.
-pub const INDEX_GAP: Duration = Duration::from_millis(250);
-
-impl Indexer {
-    fn start(out: PathBuf) -> Indexer {
-        let (tx, rx) = crossbeam_channel::unbounded::<()>();
-        let thread = std::thread::Builder::new()
-            .name("index".into())
-            .spawn(move || {
-                let mut last: Option<Instant> = None;
-                let mut gap = INDEX_GAP;
-                while rx.recv().is_ok() {
-                    if let Some(ready) = last.map(|l| l + gap) {
-                        // Fold further pings in until the gap has passed (or we stop).
-                        while let Ok(()) = rx.recv_deadline(ready) {}
-                    }
-                    while rx.try_recv().is_ok() {}
-                    let t0 = Instant::now();
-                    if let Err(e) = gallery::write_index(&out) {
-                        warn!("cannot write the index: {e}");
-                    }
-                    let cost = t0.elapsed();
-                    debug!("index written in {} ms", cost.as_millis());
-                    gap = INDEX_GAP.max(cost * 10);
-                    last = Some(Instant::now());
-                }
-            })
-            .expect("spawn the index thread");
-        Indexer {
-            tx: Some(tx),
-            thread: Some(thread),
-        }
-    }
-
-    fn ping(&self) {
-        if let Some(tx) = &self.tx {
-            let _ = tx.send(());
-        }
-    }
-
-    /// Finishes the pending write and stops the thread.
-    fn finish(mut self) {
-        self.tx = None;
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
 }
