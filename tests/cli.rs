@@ -386,3 +386,29 @@ fn missing_non_utf8_paths_fail_in_one_line_naming_them() {
         assert!(!err.contains("panicked"), "{args:?}: {err}");
     }
 }
+
+#[test]
+fn every_subcommand_has_help() {
+    let dir = tempfile::tempdir().unwrap();
+    for sub in ["ls", "show", "render", "demo", "diff", "watch"] {
+        let out = cl_code(&[sub, "--help"], dir.path(), 0);
+        let text = stdout(&out);
+        assert!(text.contains("Usage: candlelight"), "{sub}: {text}");
+        assert!(text.lines().count() > 3, "{sub}: {text}");
+    }
+    let out = cl_code(&["--help"], dir.path(), 0);
+    for sub in ["ls", "show", "render", "demo", "diff", "watch"] {
+        assert!(stdout(&out).contains(sub), "{sub} missing from --help");
+    }
+}
+
+#[test]
+fn a_wrong_layer_name_is_one_error_line_and_nothing_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = write_run(dir.path(), "m", 2);
+    let out = cl_code(&["show", run.to_str().unwrap(), "nope"], dir.path(), 2);
+    assert!(stdout(&out).is_empty(), "{}", stdout(&out));
+    let err = common::stderr(&out);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("no layer named \"nope\""), "{err}");
+}

@@ -177,6 +177,12 @@ pub fn table(d: &RunDiff, a: &Path, b: &Path) -> String {
         ));
     }
     out.push('\n');
+    out.push_str(&summary(d));
+    out
+}
+
+/// The lines under the table: counts per status and the first divergence.
+fn summary(d: &RunDiff) -> String {
     let mut counts = vec![format!("{} agree", d.count(Status::Agree))];
     for (s, what) in [
         (Status::Differ, "differ"),
@@ -189,11 +195,7 @@ pub fn table(d: &RunDiff, a: &Path, b: &Path) -> String {
             counts.push(format!("{n} {what}"));
         }
     }
-    out.push_str(&format!(
-        "{} layers: {}\n",
-        d.layers.len(),
-        counts.join(", ")
-    ));
+    let mut out = format!("{} layers: {}\n", d.layers.len(), counts.join(", "));
     match d.first_divergent() {
         None => out.push_str("all layers agree\n"),
         Some(l) => out.push_str(&format!("first divergence: {}\n", describe(l))),

@@ -147,104 +147,103 @@ fn stats_row(l: &LayerInfo, s: &Stats) -> String {
 
 fn show(path: &Path, layer: Option<&str>) -> Result<i32> {
     let run = Run::open(path)?;
+    // A wrong layer name is an error before anything is printed.
+    let layer = match layer {
+        Some(name) => Some(
+            run.layer(name)
+                .with_context(|| format!("{}: no layer named {name:?}", path.display()))?
+                .clone(),
+        ),
+        None => None,
+    };
     let info = run.info();
+    let or_dash = |s: &str| {
+        if s.is_empty() {
+            "-".to_string()
+        } else {
+            s.to_string()
+        }
+    };
     println!(
         "run {}  model {}  created {}  input {}  ({} layers, {})",
-        if info.id.is_empty() { "-" } else { &info.id },
-        if info.model.is_empty() {
-            "-"
-        } else {
-            &info.model
-        },
-        if info.created.is_empty() {
-            "-"
-        } else {
-            &info.created
-        },
-        if info.input.is_empty() {
-            "-"
-        } else {
-            &info.input
-        },
+        or_dash(&info.id),
+        or_dash(&info.model),
+        or_dash(&info.created),
+        or_dash(&info.input),
         run.len(),
         human_bytes(run.file_size())
     );
     match layer {
-        None => {
-            println!(
-                "{:>4} {:<28} {:<12} {:<18} {:<5} {:>10} {:>10} {:>10} {:>10} {:>7} {:>5} {:>5}",
-                "#",
-                "NAME",
-                "KIND",
-                "SHAPE",
-                "DTYPE",
-                "MIN",
-                "MAX",
-                "MEAN",
-                "STD",
-                "ZERO",
-                "NAN",
-                "INF"
-            );
-            for l in run.layers() {
-                let s = run.stats_at(l.index)?;
-                println!("{}", stats_row(l, &s));
-            }
-        }
-        Some(name) => {
-            let l = run
-                .layer(name)
-                .with_context(|| format!("{}: no layer named {name:?}", path.display()))?
-                .clone();
-            let data = run.data_at(l.index)?;
-            let s = Stats::of(&data);
-            println!(
-                "layer {} ({}), kind {}, shape {}, dtype {}",
-                l.index,
-                l.name,
-                l.kind.as_deref().unwrap_or("-"),
-                l.shape_str(),
-                l.dtype
-            );
-            println!(
-                "min {}  max {}  mean {}  std {}  zero {:.1}%  NaN {}  Inf {}",
-                num(s.min),
-                num(s.max),
-                num(s.mean),
-                num(s.std),
-                s.zero_fraction * 100.0,
-                s.nan,
-                s.inf
-            );
-            let n = data.len();
-            let head: Vec<String> = (0..n.min(8)).map(|i| num(data.get(i) as f64)).collect();
-            println!(
-                "first values: [{}{}]",
-                head.join(", "),
-                if n > 8 { ", ..." } else { "" }
-            );
-            if n > 8 {
-                let tail: Vec<String> = (n - 4..n).map(|i| num(data.get(i) as f64)).collect();
-                println!("last values:  [..., {}]", tail.join(", "));
-            }
-            if s.count > s.non_finite() && s.max > s.min {
-                println!("histogram (finite values):");
-                let bins = 10;
-                let mut counts = vec![0u64; bins];
-                data.for_each_chunk(1 << 16, |_, c| {
-                    for &v in c.iter().filter(|v| v.is_finite()) {
-                        let b = (((v as f64 - s.min) / (s.max - s.min)) * bins as f64) as usize;
-                        counts[b.min(bins - 1)] += 1;
-                    }
-                });
-                let top = *counts.iter().max().unwrap_or(&1) as f64;
-                for (b, c) in counts.iter().enumerate() {
-                    let lo = s.min + (s.max - s.min) * b as f64 / bins as f64;
-                    let bar = "#".repeat(((*c as f64 / top) * 40.0).ceil() as usize);
-                    println!("  {:>10} | {:<40} {}", num(lo), bar, c);
-                }
-            }
-        }
+        None => show_table(&run)?,
+        Some(l) => show_layer(&run, &l)?,
     }
     Ok(0)
+}
+
+/// One row of statistics per layer.
+fn show_table(run: &Run) -> Result<()> {
+    println!(
+        "{:>4} {:<28} {:<12} {:<18} {:<5} {:>10} {:>10} {:>10} {:>10} {:>7} {:>5} {:>5}",
+        "#", "NAME", "KIND", "SHAPE", "DTYPE", "MIN", "MAX", "MEAN", "STD", "ZERO", "NAN", "INF"
+    );
+    for l in run.layers() {
+        let s = run.stats_at(l.index)?;
+        println!("{}", stats_row(l, &s));
+    }
+    Ok(())
+}
+
+/// One layer: facts, statistics, first and last values, a text histogram.
+fn show_layer(run: &Run, l: &candlelight::LayerInfo) -> Result<()> {
+    let data = run.data_at(l.index)?;
+    let s = Stats::of(&data);
+    data.check()?;
+    println!(
+        "layer {} ({}), kind {}, shape {}, dtype {}",
+        l.index,
+        l.name,
+        l.kind.as_deref().unwrap_or("-"),
+        l.shape_str(),
+        l.dtype
+    );
+    println!(
+        "min {}  max {}  mean {}  std {}  zero {:.1}%  NaN {}  Inf {}",
+        num(s.min),
+        num(s.max),
+        num(s.mean),
+        num(s.std),
+        s.zero_fraction * 100.0,
+        s.nan,
+        s.inf
+    );
+    let n = data.len();
+    let head: Vec<String> = (0..n.min(8)).map(|i| num(data.get(i) as f64)).collect();
+    println!(
+        "first values: [{}{}]",
+        head.join(", "),
+        if n > 8 { ", ..." } else { "" }
+    );
+    if n > 8 {
+        let tail: Vec<String> = (n - 4..n).map(|i| num(data.get(i) as f64)).collect();
+        println!("last values:  [..., {}]", tail.join(", "));
+    }
+    if s.count > s.non_finite() && s.max > s.min {
+        println!("histogram (finite values):");
+        let bins = 10;
+        let mut counts = vec![0u64; bins];
+        data.for_each_chunk(1 << 16, |_, c| {
+            for &v in c.iter().filter(|v| v.is_finite()) {
+                let b = (((v as f64 - s.min) / (s.max - s.min)) * bins as f64) as usize;
+                counts[b.min(bins - 1)] += 1;
+            }
+        });
+        data.check()?;
+        let top = *counts.iter().max().unwrap_or(&1) as f64;
+        for (b, c) in counts.iter().enumerate() {
+            let lo = s.min + (s.max - s.min) * b as f64 / bins as f64;
+            let bar = "#".repeat(((*c as f64 / top) * 40.0).ceil() as usize);
+            println!("  {:>10} | {:<40} {}", num(lo), bar, c);
+        }
+    }
+    Ok(())
 }
