@@ -86,15 +86,6 @@ fn show_prints_the_layer_table_and_one_layer() {
     assert!(common::stderr(&out).contains("no layer named \"nope\""));
 }
 
-#[test]
-fn every_subcommand_has_help() {
-    let dir = tempfile::tempdir().unwrap();
-    for sub in ["ls", "show"] {
-        let out = cl_code(&[sub, "--help"], dir.path(), 0);
-        assert!(stdout(&out).contains("Usage"), "{sub}");
-    }
-}
-
 // ---- Broken pipes: `candlelight ... | head` exits quietly ----
 
 /// A run of `n` tiny layers, saved as `dir/<id>.safetensors`.
