@@ -21,26 +21,37 @@
 //! The run-file format and gallery layout are described in `docs/FORMAT.md`.
 
 pub mod diff;
+#[cfg(feature = "render")]
 pub mod diff_gallery;
 pub mod error;
+#[cfg(feature = "render")]
 pub mod gallery;
+#[cfg(feature = "models")]
 pub mod models;
+#[cfg(feature = "notebook")]
 pub mod notebook;
+#[cfg(feature = "render")]
 pub mod pages;
 pub mod record;
+#[cfg(feature = "render")]
 pub mod render;
 pub mod runfile;
 pub mod staging;
 pub mod stats;
 pub mod values;
+#[cfg(feature = "watch")]
 pub mod watch;
 
 pub use diff::{diff, DiffOptions, LayerDiff, NameMap, RunDiff, Status};
+#[cfg(feature = "render")]
 pub use diff_gallery::write_diff_gallery;
 pub use error::{Error, Result};
+#[cfg(feature = "render")]
 pub use gallery::{render_gallery, write_index, GalleryOptions, Manifest};
+#[cfg(feature = "notebook")]
 pub use notebook::show;
 pub use record::{is_recording, nn, record_as, tap, tap_as, Recorder};
+#[cfg(feature = "render")]
 pub use render::{encode_png, render_layer, render_tensor, Colormap, RenderOptions, Scale};
 pub use runfile::{LayerInfo, Run, RunInfo};
 pub use stats::Stats;

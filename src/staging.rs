@@ -18,6 +18,9 @@
 //! and its lock is free (the writer is gone: the kernel releases a killed process's
 //! locks). Anything else, a user's dot folder included, is never touched.
 
+// Staging folders are for galleries: without `render` only run temps are used.
+#![cfg_attr(not(feature = "render"), allow(dead_code))]
+
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};

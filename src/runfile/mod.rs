@@ -25,6 +25,7 @@ mod open;
 pub(crate) mod path_json;
 mod write;
 
+#[cfg(feature = "render")]
 pub(crate) use open::file_kind;
 use open::read_error;
 

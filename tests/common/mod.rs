@@ -270,4 +270,5 @@ pub fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
     out.sort();
     out
 }
+#[cfg(feature = "cli")]
 pub mod daemon;
