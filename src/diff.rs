@@ -114,7 +114,10 @@ impl NameMap {
     pub fn from_file(path: impl AsRef<Path>) -> Result<NameMap> {
         let path = path.as_ref();
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        NameMap::parse(&text).map_err(|msg| Error::Invalid(format!("{}: {msg}", path.display())))
+        NameMap::parse(&text).map_err(|msg| Error::BadInput {
+            path: path.to_path_buf(),
+            msg,
+        })
     }
 
     /// Parses the JSON or text form (see the type's docs); the error names the line.
@@ -440,7 +443,7 @@ impl Run {
 pub fn diff(a: &Run, b: &Run, opts: &DiffOptions) -> Result<RunDiff> {
     for (what, v) in [("atol", opts.atol), ("rtol", opts.rtol)] {
         if !(v.is_finite() && v >= 0.0) {
-            return Err(Error::Invalid(format!(
+            return Err(Error::option(format!(
                 "{what} must be a finite number ≥ 0, got {v}"
             )));
         }
@@ -479,7 +482,7 @@ fn match_layers(
     for l in b.layers() {
         let key = map.key_b(&l.name);
         if let Some(&other) = b_by_key.get(key) {
-            return Err(Error::Invalid(format!(
+            return Err(Error::option(format!(
                 "{}: layers {:?} and {:?} both become {key:?} after stripping prefix {:?}",
                 where_(b, "B"),
                 b.layers()[other].name,
@@ -494,7 +497,7 @@ fn match_layers(
     for l in a.layers() {
         let key = map.key_a(&l.name);
         if let Some(&other) = a_by_key.get(key) {
-            return Err(Error::Invalid(format!(
+            return Err(Error::option(format!(
                 "{}: layers {:?} and {:?} both map to B name {key:?} through the name map",
                 where_(a, "A"),
                 a.layers()[other].name,

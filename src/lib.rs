@@ -20,6 +20,9 @@
 //!
 //! The run-file format and gallery layout are described in `docs/FORMAT.md`.
 
+#![deny(missing_docs)]
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 pub mod diff;
 #[cfg(feature = "render")]
 pub mod diff_gallery;

@@ -390,7 +390,7 @@ pub fn image_file(path: impl AsRef<Path>) -> Result<Html> {
     let path = path.as_ref();
     let png = std::fs::read(path).map_err(|e| crate::Error::io(path, e))?;
     if !png.starts_with(b"\x89PNG") {
-        return Err(crate::Error::Image {
+        return Err(crate::Error::BadInput {
             path: path.to_path_buf(),
             msg: "not a PNG file".into(),
         });

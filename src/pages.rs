@@ -130,7 +130,7 @@ pub(crate) fn page(template: &str, ctx: minijinja::Value) -> Result<String> {
     env()
         .get_template(template)
         .and_then(|t| t.render(ctx))
-        .map_err(|e| Error::Invalid(format!("template {template}: {e:#}")))
+        .map_err(|e| Error::internal(format!("template {template}: {e:#}")))
 }
 
 /// The file stem of layer `index` named `name` inside `layers/`: `NNN-<sanitized name>`.

@@ -78,10 +78,12 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{select, Receiver, Sender};
 use tracing::info;
 
-pub use decide::{Action, Facts, Job, Observation, Outcome, Planner, Policy, Task};
+pub use decide::Policy;
 pub use index::INDEX_GAP;
-pub use shell::observe;
-pub use source::{Backend, SourceEvent};
+pub use source::Backend;
+
+use decide::{Action, Job, Observation, Outcome, Planner};
+use source::SourceEvent;
 
 use shell::Shell;
 

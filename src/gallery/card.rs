@@ -240,7 +240,7 @@ pub(super) fn stats_json(run: &Run, cards: &[Card], name: &str) -> Result<Vec<u8
         run_id: name,
         layers,
     })
-    .map_err(|e| Error::Invalid(format!("stats.json: {e}")))
+    .map_err(|e| Error::internal(format!("stats.json: {e}")))
 }
 
 /// The run's page.

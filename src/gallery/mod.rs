@@ -315,7 +315,7 @@ pub fn render_gallery(run_path: &Path, out: &Path, opts: &GalleryOptions) -> Res
 fn write_manifest(dir: &Path, m: &Manifest) -> Result<()> {
     let path = dir.join("manifest.json");
     let bytes = serde_json::to_vec_pretty(m)
-        .map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?;
+        .map_err(|e| Error::internal(format!("{}: {e}", path.display())))?;
     write_atomic(&path, &bytes)
 }
 

@@ -181,7 +181,7 @@ pub fn normalize(pixel: u8) -> f32 {
 /// Model input `[1, 1, 28, 28]` from 784 row-major grayscale pixels (white digit on black).
 pub fn pixels_to_input(pixels: &[u8], device: &Device) -> Result<Tensor> {
     if pixels.len() != SIDE * SIDE {
-        return Err(Error::Invalid(format!(
+        return Err(Error::option(format!(
             "expected {} pixels (28x28), got {}",
             SIDE * SIDE,
             pixels.len()
@@ -197,7 +197,7 @@ pub fn pixels_to_input(pixels: &[u8], device: &Device) -> Result<Tensor> {
 /// background) and resized to 28×28 with a triangle filter if needed. Like MNIST, the digit
 /// should be light on a dark background; no inversion is done.
 pub fn image_to_input(path: &Path, device: &Device) -> Result<Tensor> {
-    let bad = |msg: String| Error::Image {
+    let bad = |msg: String| Error::BadInput {
         path: path.to_path_buf(),
         msg,
     };
@@ -351,14 +351,14 @@ mod tests {
         let garbage = dir.path().join("garbage.png");
         std::fs::write(&garbage, b"\x89PNG\r\n\x1a\nthis is not really a png").unwrap();
         let err = image_to_input(&garbage, &Device::Cpu).unwrap_err();
-        assert!(matches!(err, Error::Image { .. }), "{err:?}");
+        assert!(matches!(err, Error::BadInput { .. }), "{err:?}");
         assert!(err.to_string().contains("garbage.png"));
 
         let text = dir.path().join("notes.png");
         std::fs::write(&text, "hello").unwrap();
         assert!(matches!(
             image_to_input(&text, &Device::Cpu),
-            Err(Error::Image { .. })
+            Err(Error::BadInput { .. })
         ));
     }
 

@@ -84,7 +84,10 @@ pub fn load_csv_gz(path: &Path) -> Result<Dataset> {
         if line.is_empty() {
             continue;
         }
-        let bad = |msg: String| Error::Invalid(format!("{}:{}: {msg}", path.display(), i + 1));
+        let bad = |msg: String| Error::BadInput {
+            path: path.to_path_buf(),
+            msg: format!("line {}: {msg}", i + 1),
+        };
         let fields: Vec<&str> = line.split(',').collect();
         if fields.len() != PIXELS + 1 {
             return Err(bad(format!(
@@ -108,7 +111,10 @@ pub fn load_csv_gz(path: &Path) -> Result<Dataset> {
         }
     }
     if data.is_empty() {
-        return Err(Error::Invalid(format!("{}: no samples", path.display())));
+        return Err(Error::BadInput {
+            path: path.to_path_buf(),
+            msg: "no samples".into(),
+        });
     }
     Ok(data)
 }
@@ -251,9 +257,7 @@ pub fn train(
     mut on_batch: impl FnMut(BatchProgress),
 ) -> Result<Vec<f32>> {
     if train.is_empty() || cfg.batch_size == 0 {
-        return Err(Error::Invalid(
-            "training needs samples and a batch size > 0".into(),
-        ));
+        return Err(Error::option("training needs samples and a batch size > 0"));
     }
     let params = ParamsAdamW {
         lr: cfg.learning_rate,
@@ -398,7 +402,7 @@ mod tests {
         for (bad_row, needle) in cases {
             write_gz(&path, &format!("{}\n{bad_row}\n", row(0, 1)));
             let msg = load_csv_gz(&path).unwrap_err().to_string();
-            assert!(msg.contains("bad.csv.gz:2:"), "{msg}");
+            assert!(msg.contains("bad.csv.gz: line 2:"), "{msg}");
             assert!(msg.contains(needle), "{msg}");
         }
 

@@ -147,11 +147,11 @@ fn compile(globs: &[String], what: &str) -> Result<Option<GlobSet>> {
     }
     let mut b = GlobSetBuilder::new();
     for g in globs {
-        b.add(Glob::new(g).map_err(|e| Error::Invalid(format!("bad {what} glob {g:?}: {e}")))?);
+        b.add(Glob::new(g).map_err(|e| Error::option(format!("bad {what} glob {g:?}: {e}")))?);
     }
     b.build()
         .map(Some)
-        .map_err(|e| Error::Invalid(format!("bad {what} globs: {e}")))
+        .map_err(|e| Error::option(format!("bad {what} globs: {e}")))
 }
 
 impl Recorder {
@@ -290,7 +290,7 @@ impl Recorder {
     /// `RmsNorm` on contiguous input) return tensors with no link back to their
     /// input, and integer ops (argmax, casts from integers) end the graph too. When that cuts
     /// the output off from the input, as in most transformers, this returns an
-    /// [`Error::Invalid`] rather than an empty or partial run: use [`Recorder::record`]
+    /// [`Error::CannotRecord`] rather than an empty or partial run: use [`Recorder::record`]
     /// with [`tap`] or the drop-in layers in [`nn`] there.
     pub fn record_ops(
         &self,
@@ -308,15 +308,17 @@ impl Recorder {
         // sorted_nodes: the output first, the input last; reverse for forward order.
         let nodes: Vec<Tensor> = out.sorted_nodes().into_iter().rev().cloned().collect();
         if !nodes.iter().any(|n| n.id() == x.id()) {
-            return Err(Error::Invalid(format!(
-                "record_ops: the output (shape {:?}) is not connected to the input in \
+            return Err(Error::CannotRecord {
+                msg: format!(
+                    "record_ops: the output (shape {:?}) is not connected to the input in \
                  candle's op graph, so there are no intermediates to record: fused kernels \
                  (layer_norm, rms_norm, softmax_last_dim, rotary embeddings) and integer \
                  ops keep no link back to their input; record this model with \
                  Recorder::record and candlelight::tap or the drop-in layers in \
                  candlelight::nn::* instead",
-                out.dims()
-            )));
+                    out.dims()
+                ),
+            });
         }
         for (pos, node) in nodes.iter().enumerate() {
             if let Some(&i) = by_id.get(&node.id()) {

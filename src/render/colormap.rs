@@ -144,7 +144,7 @@ impl std::str::FromStr for Colormap {
             .find(|c| c.name() == lower)
             .ok_or_else(|| {
                 let names: Vec<&str> = ALL.iter().map(|c| c.name()).collect();
-                crate::Error::Invalid(format!(
+                crate::Error::option(format!(
                     "unknown colormap {s:?} (known: {})",
                     names.join(", ")
                 ))

@@ -73,7 +73,7 @@ impl std::str::FromStr for Scale {
             "shared" => Ok(Scale::Shared),
             _ => {
                 let bad = || {
-                    Error::Invalid(format!(
+                    Error::option(format!(
                         "unknown scale {s:?} (use per-channel, shared or pLO-HI such as p1-99)"
                     ))
                 };
@@ -96,7 +96,7 @@ fn check_percentiles(lo: f32, hi: f32) -> Result<()> {
     if (0.0..100.0).contains(&lo) && lo < hi && hi <= 100.0 {
         Ok(())
     } else {
-        Err(Error::Invalid(format!(
+        Err(Error::option(format!(
             "percentiles must satisfy 0 <= lo < hi <= 100, got {lo} and {hi}"
         )))
     }
@@ -279,7 +279,7 @@ fn checked_len(shape: &[usize]) -> Result<usize> {
         .iter()
         .try_fold(1usize, |a, &d| a.checked_mul(d))
         .ok_or_else(|| {
-            Error::Invalid(format!(
+            Error::render(format!(
                 "shape {} has more elements than fit in memory",
                 crate::runfile::shape_str(shape)
             ))
@@ -318,7 +318,7 @@ pub fn layout(shape: &[usize], opts: &RenderOptions) -> Result<Layout> {
         return Ok(blank);
     }
     if sample >= samples {
-        return Err(Error::Invalid(format!(
+        return Err(Error::option(format!(
             "sample {sample} is out of range: the layer {} has {samples} sample{}",
             crate::runfile::shape_str(shape),
             if samples == 1 { "" } else { "s" }
@@ -492,7 +492,7 @@ pub fn render(data: &LayerData<'_>, shape: &[usize], opts: &RenderOptions) -> Re
 fn draw(data: &LayerData<'_>, shape: &[usize], opts: &RenderOptions) -> Result<Picture> {
     let n = checked_len(shape)?;
     if n != data.len() {
-        return Err(Error::Invalid(format!(
+        return Err(Error::render(format!(
             "shape {} has {n} elements but the data has {}",
             crate::runfile::shape_str(shape),
             data.len()
@@ -756,7 +756,7 @@ pub fn encode_png(img: &RgbImage) -> Result<Vec<u8>> {
             image::ExtendedColorType::Rgb8,
         )
         .map_err(|e| {
-            Error::Invalid(format!(
+            Error::render(format!(
                 "cannot encode a {}×{} PNG: {e}",
                 img.width(),
                 img.height()

@@ -263,10 +263,10 @@ impl Run {
 
     /// The data of layer number `index`, to read as f32 without converting it all.
     pub fn data_at(&self, index: usize) -> Result<LayerData<'_>> {
-        let info = self
-            .layers
-            .get(index)
-            .ok_or_else(|| Error::Invalid(format!("layer index {index} out of range")))?;
+        let info = self.layers.get(index).ok_or_else(|| Error::NoSuchLayer {
+            path: self.where_(),
+            name: format!("#{index}"),
+        })?;
         match &self.store {
             Store::File { file, ranges } => {
                 let (s, e) = ranges[index];
@@ -317,7 +317,7 @@ impl Run {
     /// The stored bytes of layer number `index` of a run opened from a file.
     fn layer_bytes(&self, index: usize) -> Result<Vec<u8>> {
         let Store::File { file, ranges } = &self.store else {
-            return Err(Error::Invalid("layer bytes of a run in memory".into()));
+            return Err(Error::internal("layer bytes of a run in memory"));
         };
         let (s, e) = ranges[index];
         let mut buf = vec![0u8; (e - s) as usize];

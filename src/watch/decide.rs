@@ -36,7 +36,9 @@ pub enum Job {
     Render,
     /// Give up: write an error page for the run, if it still has `facts`.
     ErrorPage {
+        /// The facts the failed attempts saw.
         facts: Option<Facts>,
+        /// The last failure.
         message: String,
     },
     /// Remove the gallery of a run file that is gone.
@@ -46,8 +48,11 @@ pub enum Job {
 /// One task for the worker pool.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Task {
+    /// Gallery name.
     pub id: String,
+    /// The run file.
     pub path: PathBuf,
+    /// What to do.
     pub job: Job,
 }
 
@@ -57,7 +62,12 @@ pub enum Action {
     /// Queue a task.
     Start(Task),
     /// Look at the run file again and feed back an [`Observation`].
-    Recheck { id: String, path: PathBuf },
+    Recheck {
+        /// Gallery name.
+        id: String,
+        /// The run file.
+        path: PathBuf,
+    },
 }
 
 /// How a task ended, as the worker reports it.
@@ -76,13 +86,18 @@ pub enum Outcome {
     /// The run could not be rendered (or its error page/prune could not be written);
     /// `facts` are the run file's facts the attempt saw.
     Failed {
+        /// The run file's facts the attempt saw.
         facts: Option<Facts>,
+        /// What went wrong, in one line.
         message: String,
     },
     /// An I/O failure on the machine's side (no space, a disk error, no permission):
     /// not a verdict on the run. Tried again with a growing wait, never turned into
     /// an error page; the gallery already there stays.
-    Retry { message: String },
+    Retry {
+        /// What went wrong, in one line naming the run.
+        message: String,
+    },
 }
 
 /// How the planner retries and what it does with deleted runs.

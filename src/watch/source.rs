@@ -32,7 +32,10 @@ pub enum Backend {
     /// The platform's notification API (inotify, FSEvents, ReadDirectoryChangesW).
     Native,
     /// notify's polling watcher, comparing the folder every `interval`.
-    Poll { interval: Duration },
+    Poll {
+        /// Time between two comparisons.
+        interval: Duration,
+    },
 }
 
 /// A running watcher; events stop when it is dropped.

@@ -19,8 +19,11 @@ use crate::Error;
 /// A finished task.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Done {
+    /// Gallery name.
     pub id: String,
+    /// What was done.
     pub job: Job,
+    /// How it ended.
     pub outcome: Outcome,
     /// Milliseconds the task took.
     pub ms: u64,
