@@ -114,14 +114,19 @@ impl NameMap {
     pub fn from_file(path: impl AsRef<Path>) -> Result<NameMap> {
         let path = path.as_ref();
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        NameMap::parse(&text).map_err(|msg| Error::BadInput {
+        NameMap::parse_text(&text).map_err(|msg| Error::BadInput {
             path: path.to_path_buf(),
             msg,
         })
     }
 
-    /// Parses the JSON or text form (see the type's docs); the error names the line.
-    pub fn parse(text: &str) -> std::result::Result<NameMap, String> {
+    /// Parses the JSON or text form (see the type's docs); a [`Error::BadOption`]
+    /// naming the line otherwise.
+    pub fn parse(text: &str) -> Result<NameMap> {
+        NameMap::parse_text(text).map_err(Error::option)
+    }
+
+    fn parse_text(text: &str) -> std::result::Result<NameMap, String> {
         if text.trim_start().starts_with('{') {
             return serde_json::from_str(text).map_err(|e| format!("not a name map: {e}"));
         }
@@ -1165,12 +1170,17 @@ mod tests {
         let j = NameMap::parse(r#"{"rename": {"a": "b"}, "strip_prefix_b": "net."}"#).unwrap();
         assert_eq!(j.key_a("a"), "b");
         assert_eq!(j.key_b("net.b"), "b");
-        assert!(NameMap::parse("x = \n").unwrap_err().contains("line 1"));
+        assert!(NameMap::parse("x = \n")
+            .unwrap_err()
+            .to_string()
+            .contains("line 1"));
         assert!(NameMap::parse("a = b\nnonsense\n")
             .unwrap_err()
+            .to_string()
             .contains("line 2"));
         assert!(NameMap::parse("a = b\na = c\n")
             .unwrap_err()
+            .to_string()
             .contains("twice"));
         assert!(NameMap::parse(r#"{"renames": {}}"#).is_err());
     }

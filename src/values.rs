@@ -54,14 +54,15 @@ struct Failure {
 }
 
 impl<'a> LayerData<'a> {
-    /// Values stored as `dtype` in little-endian `bytes`.
-    pub fn from_bytes(bytes: Cow<'a, [u8]>, dtype: Dtype) -> Result<Self, String> {
-        let size = element_size(dtype)?;
+    /// Values stored as `dtype` in little-endian `bytes` ([`Error::BadOption`] for a
+    /// dtype that is not numbers or bytes that are not whole elements).
+    pub fn from_bytes(bytes: Cow<'a, [u8]>, dtype: Dtype) -> Result<Self> {
+        let size = element_size(dtype).map_err(Error::option)?;
         if bytes.len() % size != 0 {
-            return Err(format!(
+            return Err(Error::option(format!(
                 "{} bytes is not a whole number of {dtype} elements",
                 bytes.len()
-            ));
+            )));
         }
         Ok(LayerData {
             len: bytes.len() / size,
