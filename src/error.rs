@@ -90,6 +90,22 @@ pub enum Error {
     Candle(#[from] candle_core::Error),
 }
 
+/// An error and its causes as one line (a cause already quoted is not repeated,
+/// newlines become spaces): what every command and log line prints.
+pub fn one_line(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut msg = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        let t = s.to_string();
+        if !msg.contains(&t) {
+            msg.push_str(": ");
+            msg.push_str(&t);
+        }
+        src = s.source();
+    }
+    msg.replace(['\n', '\r'], " ")
+}
+
 /// `Result` with candlelight's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 

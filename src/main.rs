@@ -19,18 +19,9 @@ fn main() {
         Ok(code) => code,
         Err(e) => {
             // One line: the file and what is wrong (a cause already quoted is not repeated).
-            let mut msg = String::new();
-            for c in e.chain() {
-                let c = c.to_string();
-                if !msg.contains(&c) {
-                    if !msg.is_empty() {
-                        msg.push_str(": ");
-                    }
-                    msg.push_str(&c);
-                }
-            }
+            let msg = candlelight::error::one_line(e.as_ref());
             // Not `eprintln!`: a closed stderr must not turn an error into a panic.
-            let _ = writeln!(std::io::stderr(), "error: {}", msg.replace('\n', " "));
+            let _ = writeln!(std::io::stderr(), "error: {msg}");
             2
         }
     };

@@ -23,7 +23,7 @@ use candle_core::Tensor;
 use image::RgbImage;
 use minijinja::{context, Value};
 
-use crate::gallery::{read_manifest, Manifest};
+use crate::gallery::Manifest;
 use crate::pages::{fmt_num, page};
 use crate::render::histogram::{render_histogram, Histogram};
 use crate::render::{encode_png, render, Colormap, RenderOptions, Scale};
@@ -266,19 +266,14 @@ impl Show {
 
     /// The HTML shown.
     pub fn to_html(&self) -> Result<Html> {
-        let v = self
-            .tensor
-            .to_device(&candle_core::Device::Cpu)?
-            .flatten_all()?
-            .to_dtype(candle_core::DType::F32)?
-            .to_vec1::<f32>()?;
+        let data = LayerData::from_tensor(&self.tensor)?;
         let dtype = format!("{:?}", self.tensor.dtype()).to_uppercase();
         layer_html(
             &self.title,
             "",
             self.tensor.dims(),
             &dtype,
-            &LayerData::from_f32(v),
+            &data,
             &self.opts,
         )
     }
@@ -416,11 +411,9 @@ pub struct GalleryView {
 /// `watch` write), newest first.
 pub fn gallery(out: impl AsRef<Path>) -> Result<GalleryView> {
     let out = out.as_ref().to_path_buf();
-    let rd = std::fs::read_dir(&out).map_err(|e| crate::Error::io(&out, e))?;
-    let mut runs: Vec<Manifest> = rd
-        .flatten()
-        .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
-        .filter_map(|e| read_manifest(&e.path()))
+    let mut runs: Vec<Manifest> = crate::gallery::list_galleries(&out)?
+        .into_iter()
+        .map(|(_, m)| m)
         .collect();
     runs.sort_by(|x, y| {
         (y.created.as_str(), y.rendered_at.as_str())

@@ -258,6 +258,12 @@ fn exchange(a: &Path, b: &Path) -> std::io::Result<()> {
     }
 }
 
+/// The absolute form of `p` (as given when that fails): the one way candlelight
+/// names files in manifests, logs and pages.
+pub fn absolute(p: &Path) -> PathBuf {
+    std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
+}
+
 /// Makes renames in `dir` durable (best effort).
 pub(crate) fn sync_dir(dir: &Path) {
     if let Ok(d) = File::open(dir) {

@@ -105,6 +105,16 @@ impl<'a> LayerData<'a> {
         })
     }
 
+    /// The values of a candle tensor, copied to the CPU and converted to f32.
+    pub fn from_tensor(t: &candle_core::Tensor) -> Result<LayerData<'static>> {
+        let v = t
+            .to_device(&candle_core::Device::Cpu)?
+            .flatten_all()?
+            .to_dtype(candle_core::DType::F32)?
+            .to_vec1::<f32>()?;
+        Ok(LayerData::from_f32(v))
+    }
+
     /// Owned f32 values.
     pub fn from_f32(values: Vec<f32>) -> LayerData<'static> {
         LayerData {

@@ -88,6 +88,7 @@ use source::SourceEvent;
 use shell::Shell;
 
 use crate::gallery::GalleryOptions;
+use crate::staging::absolute;
 use crate::{Error, Result};
 use worker::{Done, Pool};
 
@@ -309,10 +310,6 @@ fn folders(o: &WatchOptions) -> Result<(PathBuf, PathBuf)> {
     }
     std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, e))?;
     Ok((runs, out))
-}
-
-pub(crate) fn absolute(p: &Path) -> PathBuf {
-    std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
 }
 
 /// True when `a` and `b` are the same folder (compared canonically when both exist).

@@ -36,8 +36,8 @@ fn parse_colormap(s: &str) -> Result<Colormap, String> {
 }
 
 /// The error as one line that names `path`.
-pub fn one_line(path: &Path, e: &dyn std::fmt::Display) -> String {
-    let msg = e.to_string().replace(['\n', '\r'], " ");
+pub fn one_line(path: &Path, e: &candlelight::Error) -> String {
+    let msg = candlelight::error::one_line(e);
     let shown = path.display().to_string();
     if msg.contains(&shown) {
         msg
@@ -46,10 +46,7 @@ pub fn one_line(path: &Path, e: &dyn std::fmt::Display) -> String {
     }
 }
 
-/// The absolute form of `p` (as given when that fails).
-pub fn absolute(p: &Path) -> PathBuf {
-    std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
-}
+pub use candlelight::staging::absolute;
 
 pub fn render(args: RenderArgs) -> Result<i32> {
     let opts = GalleryOptions {

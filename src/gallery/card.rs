@@ -7,11 +7,12 @@ use minijinja::context;
 use serde::Serialize;
 
 use super::{
-    absolute, write, GalleryOptions, Manifest, HIST_BINS, HIST_SIZE, RENDERER_VERSION, THUMB_PIXELS,
+    write, GalleryOptions, Manifest, HIST_BINS, HIST_SIZE, RENDERER_VERSION, THUMB_PIXELS,
 };
 use crate::pages::{fmt_bytes, fmt_num, layer_file_stem, page};
 use crate::render::{self, Colormap, Histogram, LayoutKind, Picture, RenderOptions};
 use crate::runfile::LayerInfo;
+use crate::staging::absolute;
 use crate::values::LayerData;
 use crate::{Error, Result, Run, Stats};
 

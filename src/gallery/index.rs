@@ -5,7 +5,7 @@ use std::path::Path;
 use minijinja::context;
 use serde::Serialize;
 
-use super::{read_manifest, Manifest};
+use super::list_galleries;
 use crate::pages::{check_page_replaceable, page};
 use crate::runfile::now_rfc3339;
 use crate::staging::write_atomic;
@@ -43,17 +43,7 @@ struct IndexEntry {
 /// thumbnails; ignores dot folders.
 pub fn write_index(out: &Path) -> Result<()> {
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
-    let rd = std::fs::read_dir(out).map_err(|e| Error::io(out, e))?;
-    let mut found: Vec<(String, Manifest)> = Vec::new();
-    for e in rd.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        if name.starts_with('.') || !e.file_type().is_ok_and(|t| t.is_dir()) {
-            continue;
-        }
-        if let Some(m) = read_manifest(&e.path()) {
-            found.push((name, m));
-        }
-    }
+    let mut found = list_galleries(out)?;
     found.sort_by(|a, b| {
         (&b.1.created, &b.1.rendered_at, &a.0).cmp(&(&a.1.created, &a.1.rendered_at, &b.0))
     });

@@ -48,7 +48,7 @@ pub use index::write_index;
 use crate::pages::page;
 use crate::render::RenderOptions;
 use crate::runfile::{now_rfc3339, sanitize_id};
-use crate::staging::{self, write_atomic, Kind, Temp};
+use crate::staging::{self, absolute, write_atomic, Kind, Temp};
 use crate::{Error, Result, Run};
 use card::Card;
 
@@ -230,6 +230,21 @@ pub fn read_manifest(gallery_dir: &Path) -> Option<Manifest> {
     serde_json::from_slice(&bytes).ok()
 }
 
+/// The galleries in `out`: `(folder name, manifest)` of every folder that is not a
+/// dot folder and holds a readable manifest, in no particular order.
+pub fn list_galleries(out: &Path) -> Result<Vec<(String, Manifest)>> {
+    let rd = std::fs::read_dir(out).map_err(|e| Error::io(out, e))?;
+    Ok(rd
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let m = (!name.starts_with('.')).then(|| read_manifest(&e.path()))??;
+            Some((name, m))
+        })
+        .collect())
+}
+
 /// Up to date = manifest present, made from this very file (same path, size, mtime,
 /// inode and ctime), same renderer version. An error manifest for the same facts
 /// counts as up to date (error pages are only written for bad run files).
@@ -259,10 +274,6 @@ pub fn check_replaceable(target: &Path) -> Result<()> {
             msg: "exists and is not a gallery written by candlelight (no manifest.json); not replacing it".into(),
         }),
     }
-}
-
-pub(crate) fn absolute(p: &Path) -> PathBuf {
-    std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
 }
 
 pub(crate) fn write(path: &Path, bytes: &[u8]) -> Result<()> {

@@ -30,7 +30,7 @@
 pub mod colormap;
 pub mod histogram;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::Tensor;
 use image::RgbImage;
 use rayon::prelude::*;
 
@@ -472,12 +472,7 @@ pub fn render_layer(
 
 /// Renders a candle tensor (copied to the CPU as f32) as an RGB image.
 pub fn render_tensor(t: &Tensor, opts: &RenderOptions) -> Result<RgbImage> {
-    let v = t
-        .to_device(&Device::Cpu)?
-        .flatten_all()?
-        .to_dtype(DType::F32)?
-        .to_vec1::<f32>()?;
-    render_layer(&LayerData::from_f32(v), t.dims(), opts)
+    render_layer(&LayerData::from_tensor(t)?, t.dims(), opts)
 }
 
 /// Like [`render_layer`], also returning the layout, colormap and value range used.

@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 use safetensors::Dtype;
 use serde::{Deserialize, Serialize};
 
@@ -273,15 +273,7 @@ impl Run {
                 let path = self.path.as_deref().unwrap_or(Path::new(""));
                 LayerData::from_file(file, s, (e - s) as usize, info.dtype, path, &info.name)
             }
-            Store::Memory(tensors) => {
-                let t = &tensors[index];
-                let v = t
-                    .to_device(&Device::Cpu)?
-                    .flatten_all()?
-                    .to_dtype(DType::F32)?
-                    .to_vec1::<f32>()?;
-                Ok(LayerData::from_f32(v))
-            }
+            Store::Memory(tensors) => LayerData::from_tensor(&tensors[index]),
         }
     }
 

@@ -248,14 +248,13 @@ impl Shell {
 
 /// Run-file paths in `runs` that have a gallery in `out` but no longer exist.
 fn orphans(out: &Path, runs: &Path) -> Vec<PathBuf> {
-    let Ok(rd) = std::fs::read_dir(out) else {
+    let Ok(found) = gallery::list_galleries(out) else {
         return vec![];
     };
     let runs_c = std::fs::canonicalize(runs).unwrap_or_else(|_| runs.to_path_buf());
-    rd.flatten()
-        .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
-        .filter_map(|e| gallery::read_manifest(&e.path()))
-        .map(|m| absolute(&m.source))
+    found
+        .into_iter()
+        .map(|(_, m)| absolute(&m.source))
         .filter(|src| !src.exists())
         .filter(|src| {
             src.parent()

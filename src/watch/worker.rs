@@ -12,6 +12,7 @@ use crossbeam_channel::{Receiver, Sender};
 use tracing::{debug, error, info, warn};
 
 use super::decide::{Facts, Job, Outcome, Task};
+use crate::error::one_line;
 use crate::gallery::{self, GalleryOptions};
 use crate::staging::{Kind, Temp};
 use crate::Error;
@@ -67,21 +68,6 @@ fn failure(task: &Task, out: &Path, facts: Option<Facts>, e: &Error) -> Outcome 
             message: one_line(e),
         },
     }
-}
-
-/// An error as one line (no newlines, causes included once).
-pub fn one_line(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut msg = e.to_string();
-    let mut src = e.source();
-    while let Some(s) = src {
-        let t = s.to_string();
-        if !msg.contains(&t) {
-            msg.push_str(": ");
-            msg.push_str(&t);
-        }
-        src = s.source();
-    }
-    msg.replace(['\n', '\r'], " ")
 }
 
 impl Pool {
