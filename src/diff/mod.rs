@@ -1,0 +1,497 @@
+//! Comparing two runs layer by layer: a candle port against its reference, f32
+//! against bf16, before and after a change.
+//!
+//! Layers are matched by name (through an optional [`NameMap`]) and compared
+//! element by element as f32, streamed in chunks so runs of any size fit in a
+//! small, bounded amount of memory. For every layer: shapes and dtypes, max and
+//! mean absolute difference, relative L2 error, cosine similarity, the worst
+//! element and the first element out of tolerance, NaN/Inf counts and
+//! disagreements. The run-level answer is the **first divergent layer** in
+//! capture order.
+//!
+//! ## Tolerance (allclose semantics, B is the reference)
+//!
+//! An element pair `(a, b)` **agrees** when
+//! `|a − b| ≤ atol + rtol · |b|` (NumPy's `allclose` with B as the reference;
+//! computed in f64). NaN agrees only with NaN at the same position; ±Inf agrees
+//! only with the same infinity. A layer **diverges** when any element disagrees,
+//! when the shapes differ, or when it is in only one run (unless
+//! [`DiffOptions::ignore_missing`] is set). Dtypes may differ (f32 against bf16 is
+//! a main use): values are compared as f32, and the dtypes are reported.
+//!
+//! ## The numbers (over element pairs where both values are finite)
+//!
+//! - `max_abs`: the largest `|a − b|`, computed in f32 like the values themselves;
+//! - `mean_abs`: the mean of `|a − b|` (0 when no pair is finite);
+//! - `rel_l2`: `‖a − b‖₂ / ‖b‖₂` (0 when both norms are 0, +∞ when only `‖b‖₂` is);
+//! - `cosine`: `a·b / (‖a‖₂ ‖b‖₂)` (1 when both norms are 0, 0 when one is);
+//! - `worst`: the element with the largest `|a − b|` (lowest index on a tie);
+//! - `first_mismatch`: the first element that disagrees, NaN/Inf included.
+//!
+//! Verdicts, counts and element positions are exact. The sums behind the mean,
+//! the L2 error and the cosine are accumulated in f32 over runs of 128 elements
+//! and in f64 beyond, so they carry a relative error of about 1e-6 at most
+//! (this keeps the comparison as fast as a plain pass over the bytes).
+//! Non-finite numbers are written as `null` in JSON.
+//!
+//! ```
+//! use candle_core::{Device, Tensor};
+//! use candlelight::{DiffOptions, Run};
+//!
+//! let x = Tensor::new(&[1f32, 2., 3.], &Device::Cpu)?;
+//! let a = Run::from_named_tensors("a", [("fc".to_string(), x.clone())]);
+//! let b = Run::from_named_tensors("b", [("fc".to_string(), (&x * 1.001)?)]);
+//! let d = a.diff(&b)?;                              // atol 1e-5, rtol 1e-4
+//! assert_eq!(d.first_divergent().map(|l| l.name()), Some("fc"));
+//! let loose = DiffOptions { rtol: 1e-2, ..DiffOptions::default() };
+//! assert!(a.diff_with(&b, &loose)?.agrees());
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+mod kernel;
+mod namemap;
+
+pub use namemap::NameMap;
+
+use crate::runfile::{LayerInfo, Run};
+use crate::{Error, Result};
+use kernel::compare_values;
+
+/// How two runs are compared. Defaults: `atol` 1e-5, `rtol` 1e-4, no name map,
+/// missing layers count as divergent.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DiffOptions {
+    /// Absolute tolerance (≥ 0).
+    pub atol: f64,
+    /// Relative tolerance (≥ 0), relative to B's value.
+    pub rtol: f64,
+    /// How A's layer names map to B's.
+    pub map: NameMap,
+    /// When set, a layer in only one run is reported but does not make the runs diverge.
+    pub ignore_missing: bool,
+}
+
+impl Default for DiffOptions {
+    fn default() -> Self {
+        DiffOptions {
+            atol: 1e-5,
+            rtol: 1e-4,
+            map: NameMap::default(),
+            ignore_missing: false,
+        }
+    }
+}
+
+/// How one layer compares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// Same shape, every element within tolerance.
+    Agree,
+    /// Same shape, some element out of tolerance (or a NaN/Inf disagreement).
+    Differ,
+    /// Different shapes (numbers are still given when the element counts match).
+    ShapeMismatch,
+    /// Only in run A.
+    OnlyInA,
+    /// Only in run B.
+    OnlyInB,
+}
+
+impl Status {
+    /// A short word for tables: `ok`, `DIFFER`, `SHAPE`, `only A`, `only B`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Status::Agree => "ok",
+            Status::Differ => "DIFFER",
+            Status::ShapeMismatch => "SHAPE",
+            Status::OnlyInA => "only A",
+            Status::OnlyInB => "only B",
+        }
+    }
+}
+
+/// One element of a layer: flat index, position in A's shape, both values.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Element {
+    /// Row-major index.
+    pub index: usize,
+    /// Multi-dimensional position (in A's shape).
+    pub position: Vec<usize>,
+    /// A's value.
+    pub a: f32,
+    /// B's value.
+    pub b: f32,
+}
+
+/// The numbers of one compared layer (see the module docs for definitions).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Numbers {
+    /// Elements compared.
+    pub count: u64,
+    /// Max `|a − b|` (in f32) over pairs where both are finite.
+    pub max_abs: f64,
+    /// Mean `|a − b|` over pairs where both are finite.
+    pub mean_abs: f64,
+    /// `‖a − b‖₂ / ‖b‖₂`.
+    pub rel_l2: f64,
+    /// Cosine similarity of A and B.
+    pub cosine: f64,
+    /// Elements out of tolerance (NaN/Inf disagreements included).
+    pub mismatches: u64,
+    /// The element with the largest `|a − b|`.
+    pub worst: Option<Element>,
+    /// The first element out of tolerance.
+    pub first_mismatch: Option<Element>,
+    /// NaN count in A.
+    pub nan_a: u64,
+    /// NaN count in B.
+    pub nan_b: u64,
+    /// ±Inf count in A.
+    pub inf_a: u64,
+    /// ±Inf count in B.
+    pub inf_b: u64,
+    /// Positions where exactly one side is NaN.
+    pub nan_mismatches: u64,
+    /// Positions, neither NaN, where an infinity meets anything but the same infinity.
+    pub inf_mismatches: u64,
+}
+
+/// How one layer compares.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LayerDiff {
+    /// A's name (None when the layer is only in B).
+    pub name_a: Option<String>,
+    /// B's name (None when the layer is only in A).
+    pub name_b: Option<String>,
+    /// Capture position in A.
+    pub index_a: Option<usize>,
+    /// Capture position in B.
+    pub index_b: Option<usize>,
+    /// Layer kind (A's, else B's).
+    pub kind: Option<String>,
+    /// A's shape.
+    pub shape_a: Option<Vec<usize>>,
+    /// B's shape.
+    pub shape_b: Option<Vec<usize>>,
+    /// A's stored dtype (`F32`, `BF16`, ...).
+    pub dtype_a: Option<String>,
+    /// B's stored dtype.
+    pub dtype_b: Option<String>,
+    /// The verdict.
+    pub status: Status,
+    /// Whether this layer makes the runs diverge (status under the options).
+    pub diverges: bool,
+    /// The numbers, when both sides exist with the same element count.
+    pub numbers: Option<Numbers>,
+}
+
+impl LayerDiff {
+    /// The layer's name: A's, or B's when it is only in B.
+    pub fn name(&self) -> &str {
+        self.name_a
+            .as_deref()
+            .or(self.name_b.as_deref())
+            .unwrap_or("")
+    }
+
+    /// `name` or `a_name -> b_name` when the map renamed it.
+    pub fn label(&self) -> String {
+        match (&self.name_a, &self.name_b) {
+            (Some(a), Some(b)) if a != b => format!("{a} -> {b}"),
+            _ => self.name().to_string(),
+        }
+    }
+
+    /// True when both sides exist and their stored dtypes differ.
+    pub fn dtype_differs(&self) -> bool {
+        matches!((&self.dtype_a, &self.dtype_b), (Some(a), Some(b)) if a != b)
+    }
+}
+
+/// Which run a side of the comparison is.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RunSide {
+    /// The file the run was opened from (in JSON as text, made lossy if not UTF-8).
+    #[serde(serialize_with = "crate::runfile::path_json::lossy_opt")]
+    pub path: Option<PathBuf>,
+    /// Run id.
+    pub id: String,
+    /// Model name.
+    pub model: String,
+    /// Number of layers.
+    pub layers: usize,
+}
+
+impl RunSide {
+    fn of(run: &Run) -> RunSide {
+        RunSide {
+            path: run.path().map(Path::to_path_buf),
+            id: run.id().to_string(),
+            model: run.info().model.clone(),
+            layers: run.len(),
+        }
+    }
+}
+
+/// The comparison of two runs: plain data, easy to print, serialize or display.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunDiff {
+    /// Run A (compared).
+    pub a: RunSide,
+    /// Run B (the reference).
+    pub b: RunSide,
+    /// Absolute tolerance used.
+    pub atol: f64,
+    /// Relative tolerance used.
+    pub rtol: f64,
+    /// Whether missing layers were ignored for the verdict.
+    pub ignore_missing: bool,
+    /// One entry per layer: A's capture order, each layer only in B placed after
+    /// the matched layer that precedes it in B.
+    pub layers: Vec<LayerDiff>,
+    /// Rename entries whose A name is not in run A (likely typos).
+    pub unused_renames: Vec<String>,
+}
+
+impl RunDiff {
+    /// The first layer (in [`RunDiff::layers`] order) that diverges.
+    pub fn first_divergent(&self) -> Option<&LayerDiff> {
+        self.layers.iter().find(|l| l.diverges)
+    }
+
+    /// True when no layer diverges.
+    pub fn agrees(&self) -> bool {
+        self.first_divergent().is_none()
+    }
+
+    /// The layers that diverge, in order.
+    pub fn divergent(&self) -> impl Iterator<Item = &LayerDiff> {
+        self.layers.iter().filter(|l| l.diverges)
+    }
+
+    /// Number of layers with `status`.
+    pub fn count(&self, status: Status) -> usize {
+        self.layers.iter().filter(|l| l.status == status).count()
+    }
+}
+
+impl Serialize for RunDiff {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Counts {
+            agree: usize,
+            differ: usize,
+            shape_mismatch: usize,
+            only_in_a: usize,
+            only_in_b: usize,
+        }
+        #[derive(Serialize)]
+        struct Out<'a> {
+            agrees: bool,
+            first_divergent: Option<&'a str>,
+            a: &'a RunSide,
+            b: &'a RunSide,
+            atol: f64,
+            rtol: f64,
+            ignore_missing: bool,
+            counts: Counts,
+            unused_renames: &'a [String],
+            layers: &'a [LayerDiff],
+        }
+        Out {
+            agrees: self.agrees(),
+            first_divergent: self.first_divergent().map(LayerDiff::name),
+            a: &self.a,
+            b: &self.b,
+            atol: self.atol,
+            rtol: self.rtol,
+            ignore_missing: self.ignore_missing,
+            counts: Counts {
+                agree: self.count(Status::Agree),
+                differ: self.count(Status::Differ),
+                shape_mismatch: self.count(Status::ShapeMismatch),
+                only_in_a: self.count(Status::OnlyInA),
+                only_in_b: self.count(Status::OnlyInB),
+            },
+            unused_renames: &self.unused_renames,
+            layers: &self.layers,
+        }
+        .serialize(s)
+    }
+}
+
+impl Run {
+    /// Compares this run (A) with `reference` (B) under [`DiffOptions::default`].
+    pub fn diff(&self, reference: &Run) -> Result<RunDiff> {
+        diff(self, reference, &DiffOptions::default())
+    }
+
+    /// Compares this run (A) with `reference` (B) under `opts`.
+    pub fn diff_with(&self, reference: &Run, opts: &DiffOptions) -> Result<RunDiff> {
+        diff(self, reference, opts)
+    }
+}
+
+/// Compares run `a` with run `b` (the reference), layer by layer; see the module docs.
+/// Errors only on bad options, a name map that makes two layers collide, or a
+/// layer whose data cannot be read.
+pub fn diff(a: &Run, b: &Run, opts: &DiffOptions) -> Result<RunDiff> {
+    for (what, v) in [("atol", opts.atol), ("rtol", opts.rtol)] {
+        if !(v.is_finite() && v >= 0.0) {
+            return Err(Error::option(format!(
+                "{what} must be a finite number ≥ 0, got {v}"
+            )));
+        }
+    }
+    let (rows, unused_renames) = match_layers(a, b, &opts.map)?;
+    let mut layers = Vec::with_capacity(rows.len());
+    for (ia, ib) in rows {
+        layers.push(compare_layer(a, ia, b, ib, opts)?);
+    }
+    Ok(RunDiff {
+        a: RunSide::of(a),
+        b: RunSide::of(b),
+        atol: opts.atol,
+        rtol: opts.rtol,
+        ignore_missing: opts.ignore_missing,
+        layers,
+        unused_renames,
+    })
+}
+
+fn where_(run: &Run, side: &str) -> String {
+    match run.path() {
+        Some(p) => p.display().to_string(),
+        None => format!("run {side} ({})", run.id()),
+    }
+}
+
+/// Pairs of (A index, B index) in display order, and rename keys not found in A.
+#[allow(clippy::type_complexity)]
+fn match_layers(
+    a: &Run,
+    b: &Run,
+    map: &NameMap,
+) -> Result<(Vec<(Option<usize>, Option<usize>)>, Vec<String>)> {
+    let mut b_by_key: HashMap<&str, usize> = HashMap::with_capacity(b.len());
+    for l in b.layers() {
+        let key = map.key_b(&l.name);
+        if let Some(&other) = b_by_key.get(key) {
+            return Err(Error::option(format!(
+                "{}: layers {:?} and {:?} both become {key:?} after stripping prefix {:?}",
+                where_(b, "B"),
+                b.layers()[other].name,
+                l.name,
+                map.strip_prefix_b.as_deref().unwrap_or("")
+            )));
+        }
+        b_by_key.insert(key, l.index);
+    }
+    let mut a_by_key: HashMap<&str, usize> = HashMap::with_capacity(a.len());
+    let mut a_to_b: Vec<Option<usize>> = Vec::with_capacity(a.len());
+    for l in a.layers() {
+        let key = map.key_a(&l.name);
+        if let Some(&other) = a_by_key.get(key) {
+            return Err(Error::option(format!(
+                "{}: layers {:?} and {:?} both map to B name {key:?} through the name map",
+                where_(a, "A"),
+                a.layers()[other].name,
+                l.name
+            )));
+        }
+        a_by_key.insert(key, l.index);
+        a_to_b.push(b_by_key.get(key).copied());
+    }
+    let unused_renames = map
+        .rename
+        .keys()
+        .filter(|k| a.layer(k).is_none())
+        .cloned()
+        .collect();
+
+    // B-only layers go after the matched layer that precedes them in B's order.
+    let mut b_matched = vec![None; b.len()];
+    for (ia, ib) in a_to_b.iter().enumerate() {
+        if let Some(ib) = ib {
+            b_matched[*ib] = Some(ia);
+        }
+    }
+    let mut before_all = Vec::new();
+    let mut after: HashMap<usize, Vec<usize>> = HashMap::new();
+    let mut anchor: Option<usize> = None;
+    for (ib, m) in b_matched.iter().enumerate() {
+        match m {
+            Some(ia) => anchor = Some(*ia),
+            None => match anchor {
+                Some(ia) => after.entry(ia).or_default().push(ib),
+                None => before_all.push(ib),
+            },
+        }
+    }
+    let mut rows: Vec<(Option<usize>, Option<usize>)> =
+        before_all.into_iter().map(|ib| (None, Some(ib))).collect();
+    for (ia, ib) in a_to_b.into_iter().enumerate() {
+        rows.push((Some(ia), ib));
+        if let Some(extra) = after.remove(&ia) {
+            rows.extend(extra.into_iter().map(|ib| (None, Some(ib))));
+        }
+    }
+    Ok((rows, unused_renames))
+}
+
+fn compare_layer(
+    a: &Run,
+    ia: Option<usize>,
+    b: &Run,
+    ib: Option<usize>,
+    opts: &DiffOptions,
+) -> Result<LayerDiff> {
+    let la: Option<&LayerInfo> = ia.map(|i| &a.layers()[i]);
+    let lb: Option<&LayerInfo> = ib.map(|i| &b.layers()[i]);
+    let mut d = LayerDiff {
+        name_a: la.map(|l| l.name.clone()),
+        name_b: lb.map(|l| l.name.clone()),
+        index_a: ia,
+        index_b: ib,
+        kind: la
+            .and_then(|l| l.kind.clone())
+            .or_else(|| lb.and_then(|l| l.kind.clone())),
+        shape_a: la.map(|l| l.shape.clone()),
+        shape_b: lb.map(|l| l.shape.clone()),
+        dtype_a: la.map(|l| l.dtype.to_string()),
+        dtype_b: lb.map(|l| l.dtype.to_string()),
+        status: Status::Agree,
+        diverges: false,
+        numbers: None,
+    };
+    let (Some(la), Some(lb)) = (la, lb) else {
+        d.status = if la.is_some() {
+            Status::OnlyInA
+        } else {
+            Status::OnlyInB
+        };
+        d.diverges = !opts.ignore_missing;
+        return Ok(d);
+    };
+    if la.elem_count() == lb.elem_count() {
+        d.numbers = Some(compare_values(a, la, b, lb, opts)?);
+    }
+    d.status = if la.shape != lb.shape {
+        Status::ShapeMismatch
+    } else if d.numbers.as_ref().is_some_and(|n| n.mismatches > 0) {
+        Status::Differ
+    } else {
+        Status::Agree
+    };
+    d.diverges = d.status != Status::Agree;
+    Ok(d)
+}
+
+#[cfg(test)]
+mod tests;
