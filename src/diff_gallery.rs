@@ -243,23 +243,9 @@ fn pictures(
     let (da, db) = match (da, db) {
         (Some(da), Some(db)) if da.len() == db.len() => (da, db),
         _ => {
-            let one = |data: Option<&LayerData<'_>>, shape: &Option<Vec<usize>>, suffix: &str| {
-                let (Some(data), Some(shape)) = (data, shape) else {
-                    return Ok(None);
-                };
-                let pic = render::render(data, shape, &opts)?;
-                let scale = match pic.range {
-                    Some((lo, hi)) => format!(
-                        "{}, each channel on its own range; {} .. {}",
-                        pic.colormap,
-                        fmt(lo as f64),
-                        fmt(hi as f64)
-                    ),
-                    None => "no finite value".into(),
-                };
-                save_png(&pic.image, dir, file(suffix), scale).map(Some)
-            };
-            return Ok((one(da, &l.shape_a, "a")?, one(db, &l.shape_b, "b")?, None));
+            let a = single(da, &l.shape_a, &opts, dir, &file("a"))?;
+            let b = single(db, &l.shape_b, &opts, dir, &file("b"))?;
+            return Ok((a, b, None));
         }
     };
     let shape = l.shape_a.clone().unwrap_or_else(|| vec![da.len()]);
@@ -318,6 +304,31 @@ fn pictures(
         Some(save_png(&ib, dir, file("b"), scale)?),
         Some(save_png(&id, dir, file("d"), dscale)?),
     ))
+}
+
+/// One side's picture alone, by the shared renderer (a layer on one side only, or
+/// with a different element count).
+fn single(
+    data: Option<&LayerData<'_>>,
+    shape: &Option<Vec<usize>>,
+    opts: &RenderOptions,
+    dir: &Path,
+    file: &str,
+) -> Result<Option<Picture>> {
+    let (Some(data), Some(shape)) = (data, shape) else {
+        return Ok(None);
+    };
+    let pic = render::render(data, shape, opts)?;
+    let scale = match pic.range {
+        Some((lo, hi)) => format!(
+            "{}, each channel on its own range; {} .. {}",
+            pic.colormap,
+            fmt(lo as f64),
+            fmt(hi as f64)
+        ),
+        None => "no finite value".into(),
+    };
+    save_png(&pic.image, dir, file.to_string(), scale).map(Some)
 }
 
 /// One grid cell's values as shown: A and B (box means when the layout reduces,
