@@ -13,7 +13,7 @@ LAYERS = {
     "error": 0, "staging": 0, "values": 0,
     "runfile": 1, "stats": 2,
     "record": 2, "nn": 2, "render": 2,
-    "pages": 3, "gallery": 4, "diff": 3, "diff_gallery": 5,
+    "pages": 3, "gallery": 4, "diff": 4,
     "watch": 6, "notebook": 6, "models": 6,
 }
 

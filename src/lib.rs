@@ -24,8 +24,6 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod diff;
-#[cfg(feature = "render")]
-pub mod diff_gallery;
 pub mod error;
 #[cfg(feature = "render")]
 pub mod gallery;
@@ -45,9 +43,9 @@ pub mod values;
 #[cfg(feature = "watch")]
 pub mod watch;
 
-pub use diff::{diff, DiffOptions, LayerDiff, NameMap, RunDiff, Status};
 #[cfg(feature = "render")]
-pub use diff_gallery::write_diff_gallery;
+pub use diff::gallery::write_diff_gallery;
+pub use diff::{diff, DiffOptions, LayerDiff, NameMap, RunDiff, Status};
 pub use error::{Error, Result};
 #[cfg(feature = "render")]
 pub use gallery::{render_gallery, write_index, GalleryOptions, Manifest};

@@ -53,6 +53,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+#[cfg(feature = "render")]
+pub mod gallery;
 mod kernel;
 mod namemap;
 
