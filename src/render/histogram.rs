@@ -155,33 +155,14 @@ pub fn render_histogram(h: &Histogram, cm: Colormap, width: u32, height: u32) ->
             }
         }
     }
-    // The colour bar: the value at each column, coloured as pictures colour it
-    // (none when there is no finite value).
-    let lut = cm.lut();
-    let cols = if h.lo.is_nan() { 0 } else { w };
-    let m = h.lo.abs().max(h.hi.abs());
-    for x in 0..cols {
-        let v = if h.hi > h.lo {
-            h.lo + (h.hi - h.lo) * (x as f64 + 0.5) / w as f64
-        } else {
-            h.lo
-        };
-        let t = if v.is_nan() {
-            0.5
-        } else if cm.is_diverging() {
-            if m > 0.0 {
-                0.5 + 0.5 * v / m
-            } else {
-                0.5
+    // The colour bar (none when there is no finite value).
+    if !h.lo.is_nan() {
+        let lut = cm.lut();
+        for x in 0..w {
+            let c = colorbar_colour(h, cm, lut, x, w);
+            for y in 0..COLORBAR {
+                put(x, y, c);
             }
-        } else if h.hi > h.lo {
-            (v - h.lo) / (h.hi - h.lo)
-        } else {
-            0.5
-        };
-        let c = lut[lut_index(t as f32)];
-        for y in 0..COLORBAR {
-            put(x, y, c);
         }
     }
     // Zero line, then the axis.
@@ -195,6 +176,31 @@ pub fn render_histogram(h: &Histogram, cm: Colormap, width: u32, height: u32) ->
         put(x, base, AXIS);
     }
     img
+}
+
+/// The colour of column `x` of `w` in the colour bar: the value there, coloured as
+/// pictures colour it (diverging maps centred on zero).
+fn colorbar_colour(h: &Histogram, cm: Colormap, lut: &[[u8; 3]], x: usize, w: usize) -> [u8; 3] {
+    let m = h.lo.abs().max(h.hi.abs());
+    let v = if h.hi > h.lo {
+        h.lo + (h.hi - h.lo) * (x as f64 + 0.5) / w as f64
+    } else {
+        h.lo
+    };
+    let t = if v.is_nan() {
+        0.5
+    } else if cm.is_diverging() {
+        if m > 0.0 {
+            0.5 + 0.5 * v / m
+        } else {
+            0.5
+        }
+    } else if h.hi > h.lo {
+        (v - h.lo) / (h.hi - h.lo)
+    } else {
+        0.5
+    };
+    lut[lut_index(t as f32)]
 }
 
 #[cfg(test)]
