@@ -404,6 +404,12 @@ pub fn layout(shape: &[usize], opts: &RenderOptions) -> Result<Layout> {
             });
         }
         // Too many tiles even at one pixel each: show fewer.
+        if shown == 1 {
+            return Err(Error::Invalid(format!(
+                "shape {} does not fit in {budget} pixels",
+                crate::runfile::shape_str(shape)
+            )));
+        }
         shown = (shown * 3 / 4).max(1);
     }
 }
@@ -439,12 +445,14 @@ fn fit(
         if total <= budget as f64 {
             return Some((ay, ax));
         }
-        if ay.down >= h && ax.down >= w {
+        let f = (budget as f64 / total).sqrt().min(0.95);
+        let (ny, nx) = ((sy * f).max(1.0 / h as f64), (sx * f).max(1.0 / w as f64));
+        // Both axes at their smallest (one pixel per cell): it cannot shrink further.
+        // (Not `down >= h`: a 1-value axis has `down == 1` while still enlarged.)
+        if ny == sy && nx == sx {
             return None;
         }
-        let f = (budget as f64 / total).sqrt().min(0.95);
-        sy = (sy * f).max(1.0 / h as f64);
-        sx = (sx * f).max(1.0 / w as f64);
+        (sy, sx) = (ny, nx);
     }
 }
 
@@ -780,6 +788,33 @@ mod tests {
         assert_eq!(l.width, 6 * l.cell_w + 5);
         let l = layout(&[2, 3, 4, 5, 6], &opts()).unwrap();
         assert_eq!((l.kind, l.tiles), (LayoutKind::Grid, 12));
+    }
+
+    #[test]
+    fn single_values_fit_budgets_below_the_minimum_side() {
+        // A 1×1 map enlarged to `min_side` was "already at one cell per pixel"
+        // (down == 1) and never shrank: layout looped forever (found by tests/fuzz.rs).
+        for shape in [
+            &[][..],
+            &[1],
+            &[1, 1],
+            &[1, 1, 1],
+            &[1, 1, 1, 1],
+            &[2, 1, 1, 1],
+        ] {
+            for max_pixels in [1, 300, 20_000] {
+                let o = RenderOptions {
+                    max_pixels,
+                    ..opts()
+                };
+                let l = layout(shape, &o).unwrap();
+                assert!(
+                    l.width * l.height <= max_pixels,
+                    "{shape:?} {max_pixels}: {l:?}"
+                );
+                assert!(l.width >= 1 && l.height >= 1);
+            }
+        }
     }
 
     #[test]
