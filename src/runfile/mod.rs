@@ -289,11 +289,33 @@ impl Run {
 
     /// Layer number `index` as a candle tensor.
     pub fn tensor_at(&self, index: usize) -> Result<Tensor> {
-        let info = &self.layers[index];
+        let info = self.layers.get(index).ok_or_else(|| Error::NoSuchLayer {
+            path: self.where_(),
+            name: format!("#{index}"),
+        })?;
         match &self.store {
             Store::Memory(t) => Ok(t[index].clone()),
             Store::File { .. } => {
                 use candle_core::safetensors::Load;
+                // candle multiplies the dims from the last to the first for its
+                // strides: a zero-size shape such as [0, 2^63, 4] is valid
+                // safetensors but overflows there (found by tests/fuzz.rs).
+                let strides_fit = info
+                    .shape
+                    .iter()
+                    .rev()
+                    .try_fold(1usize, |a, &d| a.checked_mul(d))
+                    .is_some();
+                if !strides_fit {
+                    return Err(Error::bad(
+                        self.where_(),
+                        format!(
+                            "layer {:?}: shape {} cannot be a candle tensor (its strides overflow)",
+                            info.name,
+                            info.shape_str()
+                        ),
+                    ));
+                }
                 let bytes = self.layer_bytes(index)?;
                 let view =
                     safetensors::tensor::TensorView::new(info.dtype, info.shape.clone(), &bytes)
