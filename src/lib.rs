@@ -24,7 +24,7 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod diff;
-pub mod error;
+mod error;
 #[cfg(feature = "render")]
 pub mod gallery;
 #[cfg(feature = "models")]
@@ -33,20 +33,20 @@ pub mod models;
 pub mod notebook;
 #[cfg(feature = "render")]
 pub mod pages;
-pub mod record;
+mod record;
 #[cfg(feature = "render")]
 pub mod render;
-pub mod runfile;
+mod runfile;
 pub mod staging;
-pub mod stats;
-pub mod values;
+mod stats;
+mod values;
 #[cfg(feature = "watch")]
 pub mod watch;
 
 #[cfg(feature = "render")]
 pub use diff::gallery::write_diff_gallery;
 pub use diff::{diff, DiffOptions, LayerDiff, NameMap, RunDiff, Status};
-pub use error::{Error, Result};
+pub use error::{one_line, Error, Result};
 #[cfg(feature = "render")]
 pub use gallery::{render_gallery, write_index, GalleryOptions, Manifest};
 #[cfg(feature = "notebook")]
@@ -54,7 +54,9 @@ pub use notebook::show;
 pub use record::{is_recording, nn, record_as, tap, tap_as, Recorder};
 #[cfg(feature = "render")]
 pub use render::{encode_png, render_layer, render_tensor, Colormap, RenderOptions, Scale};
-pub use runfile::{LayerInfo, Run, RunInfo};
+pub use runfile::{
+    shape_str, LayerInfo, Run, RunInfo, EXTENSION, FORMAT_VERSION, KEY_ORDER, KEY_RUN, KEY_VERSION,
+};
 pub use stats::Stats;
 pub use values::LayerData;
 

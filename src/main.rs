@@ -19,7 +19,7 @@ fn main() {
         Ok(code) => code,
         Err(e) => {
             // One line: the file and what is wrong (a cause already quoted is not repeated).
-            let msg = candlelight::error::one_line(e.as_ref());
+            let msg = candlelight::one_line(e.as_ref());
             // Not `eprintln!`: a closed stderr must not turn an error into a panic.
             let _ = writeln!(std::io::stderr(), "error: {msg}");
             2

@@ -25,8 +25,8 @@ use minijinja::{context, Value};
 
 use crate::gallery::Manifest;
 use crate::pages::{fmt_num, page};
-use crate::render::histogram::{render_histogram, Histogram};
 use crate::render::{encode_png, render, Colormap, RenderOptions, Scale};
+use crate::render::{render_histogram, Histogram};
 use crate::runfile::{shape_str, Run};
 use crate::stats::Stats;
 use crate::values::LayerData;

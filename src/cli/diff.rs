@@ -104,7 +104,7 @@ fn dtypes(l: &LayerDiff) -> String {
 fn shapes(l: &LayerDiff) -> String {
     let s = |x: &Option<Vec<usize>>| {
         x.as_deref()
-            .map(candlelight::runfile::shape_str)
+            .map(candlelight::shape_str)
             .unwrap_or_else(|| "-".into())
     };
     match (&l.shape_a, &l.shape_b) {

@@ -37,7 +37,7 @@ fn parse_colormap(s: &str) -> Result<Colormap, String> {
 
 /// The error as one line that names `path`.
 pub fn one_line(path: &Path, e: &candlelight::Error) -> String {
-    let msg = candlelight::error::one_line(e);
+    let msg = candlelight::one_line(e);
     let shown = path.display().to_string();
     if msg.contains(&shown) {
         msg

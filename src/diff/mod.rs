@@ -330,6 +330,26 @@ impl Serialize for RunDiff {
 
 impl Run {
     /// Compares this run (A) with `reference` (B) under [`DiffOptions::default`].
+    ///
+    /// ```
+    /// use candle_core::{Device, Tensor};
+    /// use candlelight::{Run, Status};
+    ///
+    /// let t = |v: &[f32]| Tensor::new(v, &Device::Cpu).map(|t| t.reshape((1, v.len())).unwrap());
+    /// let port = Run::from_named_tensors("port", [
+    ///     ("conv1".to_string(), t(&[1.0, 2.0])?),
+    ///     ("fc".to_string(), t(&[0.5, 0.25])?),
+    /// ]);
+    /// let reference = Run::from_named_tensors("ref", [
+    ///     ("conv1".to_string(), t(&[1.0, 2.0])?),
+    ///     ("fc".to_string(), t(&[0.5, 0.3])?),
+    /// ]);
+    /// let d = port.diff(&reference)?;
+    /// assert!(!d.agrees());
+    /// assert_eq!(d.first_divergent().map(|l| l.name()), Some("fc"));
+    /// assert_eq!(d.layers[0].status, Status::Agree);
+    /// # Ok::<(), candlelight::Error>(())
+    /// ```
     pub fn diff(&self, reference: &Run) -> Result<RunDiff> {
         diff(self, reference, &DiffOptions::default())
     }

@@ -46,6 +46,16 @@ impl NameMap {
 
     /// Parses the JSON or text form (see the type's docs); a [`Error::BadOption`]
     /// naming the line otherwise.
+    ///
+    /// ```
+    /// use candlelight::NameMap;
+    ///
+    /// let m = NameMap::parse("# port -> reference\nfeatures.0 = conv1\nstrip_prefix_b: net.\n")?;
+    /// assert_eq!(m.rename["features.0"], "conv1");
+    /// assert_eq!(m.strip_prefix_b.as_deref(), Some("net."));
+    /// assert!(NameMap::parse("features.0 =\n").is_err());
+    /// # Ok::<(), candlelight::Error>(())
+    /// ```
     pub fn parse(text: &str) -> Result<NameMap> {
         NameMap::parse_text(text).map_err(Error::option)
     }

@@ -37,6 +37,27 @@ use crate::{Error, Result};
 
 /// Records one forward pass into a [`Run`]. Defaults: everything included, all
 /// samples kept, dtypes kept, input described as `""`, no tags.
+///
+/// ```
+/// use candle_core::{DType, Device, Tensor};
+/// use candlelight::{tap, Recorder};
+///
+/// let x = Tensor::ones((4, 3), DType::F32, &Device::Cpu)?;
+/// let (y, run) = Recorder::new("mlp")
+///     .exclude("debug.*")
+///     .first_samples(2)
+///     .tag("step", "100")
+///     .record(|| {
+///         let h = tap("hidden", &(&x * 2.0)?)?;
+///         tap("debug.sum", &h.sum_all()?)?;
+///         tap("out", &h.relu()?)
+///     })?;
+/// assert_eq!(y.dims(), &[4, 3]);
+/// let names: Vec<&str> = run.layers().iter().map(|l| l.name.as_str()).collect();
+/// assert_eq!(names, ["hidden", "out"]);
+/// assert_eq!(run.layers()[0].shape, vec![2, 3]); // first 2 samples kept
+/// # Ok::<(), candlelight::Error>(())
+/// ```
 #[derive(Debug, Clone, Default)]
 pub struct Recorder {
     model: String,

@@ -124,7 +124,7 @@ impl Colormap {
 
 /// The table index of `t` in [0, 1] (clamped; must not be NaN).
 #[inline]
-pub fn lut_index(t: f32) -> usize {
+pub(crate) fn lut_index(t: f32) -> usize {
     (t.clamp(0.0, 1.0) * (LUT_SIZE - 1) as f32 + 0.5) as usize
 }
 

@@ -27,8 +27,8 @@
 //! # Ok::<(), candlelight::Error>(())
 //! ```
 
-pub mod colormap;
-pub mod histogram;
+mod colormap;
+mod histogram;
 mod layout;
 
 use candle_core::Tensor;
@@ -157,6 +157,18 @@ pub struct Picture {
 }
 
 /// Renders a layer (its values and shape) as an RGB image.
+///
+/// ```
+/// use candlelight::{render_layer, LayerData, RenderOptions};
+///
+/// // 8 channels of 4×4: a near-square grid of enlarged maps.
+/// let data = LayerData::from_f32((0..128).map(|v| v as f32).collect());
+/// let img = render_layer(&data, &[1, 8, 4, 4], &RenderOptions::default())?;
+/// assert!(img.width() * img.height() <= RenderOptions::default().max_pixels as u32);
+/// // The shape must match the data.
+/// assert!(render_layer(&data, &[1, 8, 4, 5], &RenderOptions::default()).is_err());
+/// # Ok::<(), candlelight::Error>(())
+/// ```
 pub fn render_layer(
     data: &LayerData<'_>,
     shape: &[usize],

@@ -17,6 +17,23 @@ use crate::{Error, Result};
 impl Run {
     /// Opens a run file: reads and checks the header, reads no layer.
     ///
+    /// ```
+    /// use candle_core::{Device, Tensor};
+    /// use candlelight::Run;
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let x = Tensor::arange(0f32, 6., &Device::Cpu)?.reshape((1, 2, 3))?;
+    /// let path = Run::from_named_tensors("m", [("x".to_string(), x)]).save(dir.path())?;
+    /// let run = Run::open(&path)?;
+    /// assert_eq!(run.layers()[0].shape, vec![1, 2, 3]);
+    /// assert_eq!(run.stats("x")?.max, 5.0);
+    /// // Not a run file: one error naming it.
+    /// std::fs::write(dir.path().join("bad.safetensors"), b"nope")?;
+    /// let e = Run::open(dir.path().join("bad.safetensors")).unwrap_err();
+    /// assert!(e.to_string().contains("bad.safetensors: truncated"));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
     /// Only regular files (or symlinks to them) are opened, without blocking; the
     /// data section must end exactly at the end of the file.
     pub fn open(path: impl AsRef<Path>) -> Result<Run> {
