@@ -1,6 +1,6 @@
 //! The Rust side of `benches/render_vs_matplotlib.sh`: renders one layer of a run
 //! file to a PNG file N times and prints the median, like the matplotlib baseline
-//! (`/work/shared/bench/mpl_grid.py`). Each repetition opens the run, reads the
+//! (`benches/mpl_grid.py`). Each repetition opens the run, reads the
 //! layer, renders, encodes and writes the PNG:
 //! `cargo run --release --example render_bench -- RUN LAYER OUT.png [--repeat N]`.
 

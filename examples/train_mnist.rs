@@ -21,7 +21,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 #[derive(Parser)]
 #[command(about = "Train the MNIST CNN and save its weights as safetensors")]
 struct Args {
-    /// MNIST CSV (gzip, 784 pixels + label per row) [default: ../shared/data/mnist_5k.csv.gz]
+    /// MNIST CSV (gzip, 784 pixels + label per row) [default: data/mnist_5k.csv.gz]
     data: Option<PathBuf>,
     /// Passes over the training set.
     #[arg(long, default_value_t = TrainConfig::default().epochs)]

@@ -15,7 +15,7 @@ use super::mnist_cnn::{normalize, MnistCnn, SIDE};
 use crate::{Error, Result};
 
 /// The bundled 5000-digit MNIST subset, relative to the crate root.
-pub const DEFAULT_DATA: &str = "../shared/data/mnist_5k.csv.gz";
+pub const DEFAULT_DATA: &str = "data/mnist_5k.csv.gz";
 
 const PIXELS: usize = SIDE * SIDE;
 
