@@ -475,3 +475,29 @@ mod tests {
         assert!(html.contains("&lt;script&gt;"));
     }
 }
+
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// Any file name: a gallery name that stays in the folder, is not hidden,
+        /// is the same every time, and differs for different file names.
+        #[test]
+        fn gallery_names_are_safe_stable_and_distinct(a in "\\PC{0,120}", b in "\\PC{0,120}") {
+            let pa = Path::new("runs").join(format!("{}.safetensors", a.replace('/', "_")));
+            let pb = Path::new("runs").join(format!("{}.safetensors", b.replace('/', "_")));
+            let (ga, gb) = (gallery_name(&pa), gallery_name(&pb));
+            prop_assert!(!ga.is_empty() && !ga.starts_with('.') && ga.len() <= 97, "{ga}");
+            prop_assert!(ga.chars().all(|c| c.is_ascii_alphanumeric() || "._-~".contains(c)), "{ga}");
+            prop_assert!(!ga.eq_ignore_ascii_case("index.html"));
+            prop_assert_eq!(&ga, &gallery_name(&pa));
+            if pa.file_stem() != pb.file_stem() {
+                prop_assert_ne!(ga, gb);
+            }
+        }
+    }
+}

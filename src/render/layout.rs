@@ -332,3 +332,36 @@ impl Layout {
         }
     }
 }
+
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1024))]
+
+        /// Any shape under any budget: a layout within the pixel budget (or a clear
+        /// error), never a loop, and every shown value placed inside the picture.
+        #[test]
+        fn layouts_stay_within_the_pixel_budget(
+            shape in proptest::collection::vec(0usize..400, 0..6),
+            budget in 1usize..2_000_000,
+            sep in 0usize..3,
+        ) {
+            let opts = RenderOptions { max_pixels: budget, separator: sep, ..RenderOptions::default() };
+            match layout(&shape, &opts) {
+                Ok(l) if l.kind == LayoutKind::Empty => {
+                    prop_assert_eq!((l.width, l.height), (EMPTY_SIDE, EMPTY_SIDE));
+                }
+                Ok(l) => {
+                    prop_assert!(l.width * l.height <= budget, "{shape:?} {budget}: {l:?}");
+                    prop_assert!(l.tiles >= 1 && l.tiles <= l.total_tiles);
+                    prop_assert!(l.rows * l.cols >= l.tiles);
+                    prop_assert!(l.cell_h >= 1 && l.cell_w >= 1);
+                }
+                Err(e) => prop_assert!(e.to_string().contains("does not fit"), "{e}"),
+            }
+        }
+    }
+}
