@@ -383,7 +383,7 @@ fn diff_html(a: &Run, b: &Run, d: &crate::diff::RunDiff) -> Result<String> {
 /// A PNG file from disk (e.g. a gallery picture), for display in a notebook.
 pub fn image_file(path: impl AsRef<Path>) -> Result<Html> {
     let path = path.as_ref();
-    let png = std::fs::read(path).map_err(|e| crate::Error::io(path, e))?;
+    let png = crate::staging::read_regular(path, 256 << 20)?;
     if !png.starts_with(b"\x89PNG") {
         return Err(crate::Error::BadInput {
             path: path.to_path_buf(),

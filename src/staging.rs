@@ -264,6 +264,78 @@ pub fn absolute(p: &Path) -> PathBuf {
     std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
 }
 
+/// Opens `path` for reading if it is a regular file (following symlinks), without
+/// blocking: a FIFO, socket or device is refused before it is opened, and the open
+/// itself never waits for a writer.
+pub(crate) fn open_regular(path: &Path) -> Result<std::fs::File> {
+    let md = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+    if !md.is_file() {
+        return Err(not_regular(path, &md));
+    }
+    let mut o = std::fs::OpenOptions::new();
+    o.read(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::custom_flags(&mut o, libc::O_NONBLOCK);
+    let file = o.open(path).map_err(|e| Error::io(path, e))?;
+    let md = file.metadata().map_err(|e| Error::io(path, e))?;
+    if !md.is_file() {
+        // Replaced between the check and the open.
+        return Err(not_regular(path, &md));
+    }
+    Ok(file)
+}
+
+fn not_regular(path: &Path, md: &std::fs::Metadata) -> Error {
+    Error::BadInput {
+        path: path.to_path_buf(),
+        msg: format!("not a regular file ({})", file_kind(md)),
+    }
+}
+
+/// The bytes of the regular file `path` (see [`open_regular`]), refusing files
+/// larger than `limit` bytes.
+pub(crate) fn read_regular(path: &Path, limit: u64) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let mut f = open_regular(path)?;
+    let size = f.metadata().map_err(|e| Error::io(path, e))?.len();
+    if size > limit {
+        return Err(Error::BadInput {
+            path: path.to_path_buf(),
+            msg: format!("{size} bytes is more than the {limit} bytes expected here"),
+        });
+    }
+    let mut buf = Vec::with_capacity(size as usize);
+    f.read_to_end(&mut buf).map_err(|e| Error::io(path, e))?;
+    Ok(buf)
+}
+
+/// "a folder", "a FIFO", ... for messages.
+pub(crate) fn file_kind(md: &std::fs::Metadata) -> &'static str {
+    let t = md.file_type();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        if t.is_fifo() {
+            return "a FIFO";
+        }
+        if t.is_socket() {
+            return "a socket";
+        }
+        if t.is_char_device() || t.is_block_device() {
+            return "a device";
+        }
+    }
+    if t.is_dir() {
+        "a folder"
+    } else if t.is_symlink() {
+        "a symlink"
+    } else if t.is_file() {
+        "a regular file"
+    } else {
+        "not a regular file"
+    }
+}
+
 /// Makes renames in `dir` durable (best effort).
 pub(crate) fn sync_dir(dir: &Path) {
     if let Ok(d) = File::open(dir) {

@@ -269,6 +269,19 @@ fn fifos_are_errors_not_hangs() {
             assert!(line.contains("not a regular file (a FIFO)"), "{line}");
         }
     }
+    // A name map, or a gallery's manifest, that is a FIFO: no hang either.
+    let map = cwd.join("map.txt");
+    mkfifo(&map);
+    let o = cl_within(&["diff", s(&good), s(&good), "--map", s(&map)], cwd, limit);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(one_line(&o).contains("not a regular file (a FIFO)"));
+    let planted = cwd.join("planted");
+    std::fs::create_dir_all(planted.join("good")).unwrap();
+    mkfifo(&planted.join("good/manifest.json"));
+    let o = cl_within(&["render", s(&good), "--out", s(&planted)], cwd, limit);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("not replacing it"), "{}", stderr(&o));
+
     // `ls` lists the good run, without hanging on the others.
     let o = cl_within(&["ls", "runs"], cwd, limit);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));

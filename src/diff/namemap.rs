@@ -37,7 +37,11 @@ impl NameMap {
     /// Reads a name map file: JSON when its first non-blank character is `{`, text otherwise.
     pub fn from_file(path: impl AsRef<Path>) -> Result<NameMap> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let bytes = crate::staging::read_regular(path, 64 << 20)?;
+        let text = String::from_utf8(bytes).map_err(|_| Error::BadInput {
+            path: path.to_path_buf(),
+            msg: "not UTF-8 text".into(),
+        })?;
         NameMap::parse_text(&text).map_err(|msg| Error::BadInput {
             path: path.to_path_buf(),
             msg,

@@ -135,7 +135,7 @@ pub fn source_facts(run_path: &Path) -> Result<SourceFacts> {
     if !md.is_file() {
         return Err(Error::bad(
             run_path,
-            format!("not a regular file ({})", crate::runfile::file_kind(&md)),
+            format!("not a regular file ({})", crate::staging::file_kind(&md)),
         ));
     }
     let mtime_ns = md
@@ -226,7 +226,8 @@ pub fn gallery_dir(out: &Path, run_path: &Path) -> PathBuf {
 
 /// The manifest of the gallery in `gallery_dir`, if there is a readable one.
 pub fn read_manifest(gallery_dir: &Path) -> Option<Manifest> {
-    let bytes = std::fs::read(gallery_dir.join("manifest.json")).ok()?;
+    // Never blocks on a FIFO planted as a manifest; manifests are small.
+    let bytes = crate::staging::read_regular(&gallery_dir.join("manifest.json"), 16 << 20).ok()?;
     serde_json::from_slice(&bytes).ok()
 }
 

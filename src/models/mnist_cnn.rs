@@ -201,8 +201,8 @@ pub fn image_to_input(path: &Path, device: &Device) -> Result<Tensor> {
         path: path.to_path_buf(),
         msg,
     };
-    let img = image::ImageReader::open(path)
-        .map_err(|e| Error::io(path, e))?
+    let bytes = crate::staging::read_regular(path, 256 << 20)?;
+    let img = image::ImageReader::new(std::io::Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| Error::io(path, e))?
         .decode()

@@ -25,8 +25,6 @@ mod open;
 pub(crate) mod path_json;
 mod write;
 
-#[cfg(feature = "render")]
-pub(crate) use open::file_kind;
 use open::read_error;
 
 use crate::values::{read_exact_at, LayerData};

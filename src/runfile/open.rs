@@ -11,6 +11,7 @@ use serde::Deserialize;
 use super::{
     index_names, LayerInfo, Run, RunInfo, Store, FORMAT_VERSION, KEY_ORDER, KEY_RUN, KEY_VERSION,
 };
+use crate::staging::open_regular;
 use crate::values::read_exact_at;
 use crate::{Error, Result};
 
@@ -100,60 +101,6 @@ impl Run {
 
 /// The safetensors crate's limit on header size.
 const MAX_HEADER: usize = 100_000_000;
-
-/// Opens `path` for reading if it is a regular file (following symlinks), without
-/// blocking: a FIFO, socket or device is refused before it is opened, and the open
-/// itself never waits for a writer.
-pub(crate) fn open_regular(path: &Path) -> Result<std::fs::File> {
-    let md = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
-    if !md.is_file() {
-        return Err(Error::bad(
-            path,
-            format!("not a regular file ({})", file_kind(&md)),
-        ));
-    }
-    let mut o = std::fs::OpenOptions::new();
-    o.read(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::custom_flags(&mut o, libc::O_NONBLOCK);
-    let file = o.open(path).map_err(|e| Error::io(path, e))?;
-    let md = file.metadata().map_err(|e| Error::io(path, e))?;
-    if !md.is_file() {
-        // Replaced between the check and the open.
-        return Err(Error::bad(
-            path,
-            format!("not a regular file ({})", file_kind(&md)),
-        ));
-    }
-    Ok(file)
-}
-
-/// "a folder", "a FIFO", ... for messages.
-pub(crate) fn file_kind(md: &std::fs::Metadata) -> &'static str {
-    let t = md.file_type();
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::FileTypeExt;
-        if t.is_fifo() {
-            return "a FIFO";
-        }
-        if t.is_socket() {
-            return "a socket";
-        }
-        if t.is_char_device() || t.is_block_device() {
-            return "a device";
-        }
-    }
-    if t.is_dir() {
-        "a folder"
-    } else if t.is_symlink() {
-        "a symlink"
-    } else if t.is_file() {
-        "a regular file"
-    } else {
-        "not a regular file"
-    }
-}
 
 pub(super) fn read_error(path: &Path, e: std::io::Error) -> Error {
     if e.kind() == std::io::ErrorKind::UnexpectedEof {

@@ -120,7 +120,7 @@ impl Shell {
                     warn!(
                         "{}: not a regular file ({}); skipped",
                         path.display(),
-                        crate::runfile::file_kind(&md)
+                        crate::staging::file_kind(&md)
                     );
                 }
                 true
