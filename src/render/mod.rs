@@ -239,14 +239,9 @@ fn draw(data: &LayerData<'_>, shape: &[usize], opts: &RenderOptions) -> Result<P
             Mapping::new(cm, own, range)
         })
         .collect();
-    // 3. Paint, one band of grid rows per task.
-    let lut = cm.lut();
-    let mut buf = vec![0u8; layout.width * layout.height * 3];
-    let band = (layout.cell_h + layout.separator) * layout.width * 3;
-    buf.par_chunks_mut(band).enumerate().for_each(|(gr, band)| {
-        paint_band(band, gr, &layout, &reduced, &maps, lut);
-    });
-    let image = RgbImage::from_raw(w, h, buf).expect("buffer sized for the picture");
+    // 3. Paint.
+    let tiles: Vec<&[f32]> = reduced.iter().map(Vec::as_slice).collect();
+    let image = paint(&layout, &tiles, &maps, cm);
     Ok(Picture {
         image,
         layout,
@@ -318,7 +313,8 @@ fn reduce_tile_into(data: &LayerData<'_>, l: &Layout, start: usize, out: &mut [f
     }
 }
 
-fn finite_range(v: &[f32]) -> Option<(f32, f32)> {
+/// Smallest and largest finite value, if any.
+pub(crate) fn finite_range(v: &[f32]) -> Option<(f32, f32)> {
     let mut r: Option<(f32, f32)> = None;
     for &x in v.iter().filter(|x| x.is_finite()) {
         r = Some(match r {
@@ -403,12 +399,29 @@ impl Mapping {
     }
 }
 
+/// Paints the reduced `tiles` of `layout` (one slice per tile shown, in order),
+/// each through its own `maps` entry in colormap `cm`, separators in between; one
+/// band of grid rows per task.
+pub(crate) fn paint(layout: &Layout, tiles: &[&[f32]], maps: &[Mapping], cm: Colormap) -> RgbImage {
+    let (w, h) = (layout.width as u32, layout.height as u32);
+    if layout.kind == LayoutKind::Empty {
+        return RgbImage::from_pixel(w, h, image::Rgb(SEPARATOR));
+    }
+    let lut = cm.lut();
+    let mut buf = vec![0u8; layout.width * layout.height * 3];
+    let band = (layout.cell_h + layout.separator) * layout.width * 3;
+    buf.par_chunks_mut(band).enumerate().for_each(|(gr, band)| {
+        paint_band(band, gr, layout, tiles, maps, lut);
+    });
+    RgbImage::from_raw(w, h, buf).expect("buffer sized for the picture")
+}
+
 /// Paints grid row `gr` (its cells and the separator below) into `band`.
 fn paint_band(
     band: &mut [u8],
     gr: usize,
     l: &Layout,
-    reduced: &[Vec<f32>],
+    reduced: &[&[f32]],
     maps: &[Mapping],
     lut: &[[u8; 3]; colormap::LUT_SIZE],
 ) {
@@ -426,7 +439,7 @@ fn paint_band(
             break;
         }
         let x0 = gc * (l.cell_w + l.separator) * 3;
-        let (vals, map) = (&reduced[t], maps[t]);
+        let (vals, map) = (reduced[t], maps[t]);
         for ry in 0..rh {
             let row = &vals[ry * rw..(ry + 1) * rw];
             for (rx, &v) in row.iter().enumerate() {

@@ -25,7 +25,7 @@ use serde::Serialize;
 
 use super::{LayerDiff, RunDiff, Status};
 use crate::pages::{self, fmt_num as fmt, layer_file_stem};
-use crate::render::{self, Colormap, Layout, LayoutKind, Mapping, RenderOptions, BLANK, SEPARATOR};
+use crate::render::{self, Colormap, Layout, Mapping, RenderOptions, BLANK};
 use crate::runfile::{shape_str, Run};
 use crate::staging::{self, write_atomic, Kind, Temp};
 use crate::values::LayerData;
@@ -259,7 +259,7 @@ fn pictures(
     };
     let ranges: Vec<Option<(f32, f32)>> = tiles
         .iter()
-        .map(|t| union(finite_range(&t.a), finite_range(&t.b)))
+        .map(|t| union(render::finite_range(&t.a), render::finite_range(&t.b)))
         .collect();
     let all = ranges
         .iter()
@@ -276,18 +276,18 @@ fn pictures(
         ),
         None => "no finite value".into(),
     };
-    let ia = paint(&layout, &tiles, |t| &t.a, &maps, cm);
-    let ib = paint(&layout, &tiles, |t| &t.b, &maps, cm);
+    let side = |f: fn(&PairTile) -> &[f32]| tiles.iter().map(f).collect::<Vec<_>>();
+    let ia = render::paint(&layout, &side(|t| &t.a), &maps, cm);
+    let ib = render::paint(&layout, &side(|t| &t.b), &maps, cm);
     let m = tiles
         .iter()
         .flat_map(|t| t.d.iter())
         .filter(|v| v.is_finite())
         .fold(0f32, |m, v| m.max(v.abs()));
     let dmap = Mapping::new(Colormap::RdBu, Some((-m, m)), None);
-    let id = paint(
+    let id = render::paint(
         &layout,
-        &tiles,
-        |t| &t.d,
+        &side(|t| &t.d),
         &vec![dmap; tiles.len()],
         Colormap::RdBu,
     );
@@ -434,59 +434,12 @@ impl Cell {
     }
 }
 
-fn finite_range(v: &[f32]) -> Option<(f32, f32)> {
-    v.iter()
-        .filter(|x| x.is_finite())
-        .fold(None, |r, &x| match r {
-            None => Some((x, x)),
-            Some((lo, hi)) => Some((lo.min(x), hi.max(x))),
-        })
-}
-
 fn union(a: Option<(f32, f32)>, b: Option<(f32, f32)>) -> Option<(f32, f32)> {
     match (a, b) {
         (Some(a), Some(b)) => Some((a.0.min(b.0), a.1.max(b.1))),
         (a, None) => a,
         (None, b) => b,
     }
-}
-
-/// Paints the cells of `layout` from `values(tile)`, separators in between.
-fn paint(
-    layout: &Layout,
-    tiles: &[PairTile],
-    values: impl Fn(&PairTile) -> &Vec<f32>,
-    maps: &[Mapping],
-    cm: Colormap,
-) -> RgbImage {
-    let (w, h) = (layout.width as u32, layout.height as u32);
-    let mut img = RgbImage::from_pixel(w, h, image::Rgb(SEPARATOR));
-    if layout.kind == LayoutKind::Empty {
-        return img;
-    }
-    let lut = cm.lut();
-    let (rh, rw) = (
-        layout.tile_h.div_ceil(layout.y.down),
-        layout.tile_w.div_ceil(layout.x.down),
-    );
-    for (t, tile) in tiles.iter().enumerate() {
-        let (gr, gc) = (t / layout.cols, t % layout.cols);
-        let x0 = gc * (layout.cell_w + layout.separator);
-        let y0 = gr * (layout.cell_h + layout.separator);
-        let vals = values(tile);
-        for ry in 0..rh {
-            for rx in 0..rw {
-                let c = image::Rgb(maps[t].color(vals[ry * rw + rx], lut));
-                for yy in 0..layout.y.zoom {
-                    for xx in 0..layout.x.zoom {
-                        let (px, py) = (x0 + rx * layout.x.zoom + xx, y0 + ry * layout.y.zoom + yy);
-                        img.put_pixel(px as u32, py as u32, c);
-                    }
-                }
-            }
-        }
-    }
-    img
 }
 
 fn page_html(d: &RunDiff, rows: &[Row]) -> Result<String> {
