@@ -95,6 +95,8 @@ pub enum Outcome {
     /// not a verdict on the run. Tried again with a growing wait, never turned into
     /// an error page; the gallery already there stays.
     Retry {
+        /// The run file's facts the attempt saw.
+        facts: Option<Facts>,
         /// What went wrong, in one line naming the run.
         message: String,
     },
@@ -280,9 +282,11 @@ impl Planner {
             path: path.clone(),
         };
         match outcome {
-            Outcome::Retry { message } => {
+            Outcome::Retry { facts, message } => {
                 e.io_failures += 1;
                 e.message = message;
+                // An observation of this same version must not cut the wait short.
+                e.failed_facts = facts;
                 e.state = State::Waiting {
                     due: now + self.policy.io_delay(e.io_failures),
                 };

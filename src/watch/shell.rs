@@ -184,7 +184,7 @@ impl Shell {
                 // Its gallery may have been swapped in just before it went.
                 self.index.ping();
             }
-            Outcome::Retry { message } => {
+            Outcome::Retry { message, .. } => {
                 // Once per distinct failure; the wait grows while it lasts.
                 if self.retrying.get(&d.id) != Some(message) {
                     warn!("{message} (will retry)");

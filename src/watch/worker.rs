@@ -61,7 +61,7 @@ fn failure(task: &Task, out: &Path, facts: Option<Facts>, e: &Error) -> Outcome 
             } else {
                 format!("{}: {}: {source}", task.path.display(), path.display())
             };
-            Outcome::Retry { message }
+            Outcome::Retry { facts, message }
         }
         _ => Outcome::Failed {
             facts,

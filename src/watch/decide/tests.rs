@@ -1,306 +1,625 @@
-//! The planner driven with plain data and injected time.
+//! The planner replayed from data, with injected time.
+//!
+//! Each `*.json` file in `src/watch/decide/cases/` is one scenario (a *case*), read
+//! at test time: a new case needs no Rust change. `every_case_replays` drives a fresh
+//! [`Planner`] through each case's steps and stops a case at its first mismatch,
+//! naming the file, the step (1-based) and what was wanted against what happened.
+//! `every_check_in_every_case_can_fail` changes each check of each case in turn and
+//! makes sure the replay then fails at that very step.
+//!
+//! # The format
+//!
+//! ```text
+//! {
+//!   "about": "a stable broken file gets an error page after the retries",
+//!   "policy": {"retry_ms": [250, 500, 1000], "prune": false, "io_retry_ms": [1000, 60000]},
+//!   "steps": [
+//!     {"at": 0, "observe": {"run": "x", "size": 5}, "want": ["render x"]},
+//!     {"done": {"run": "x", "failed": 5}, "want": [], "expect": {"due": 250}},
+//!     {"at": 250, "tick": true, "want": ["render x"]},
+//!     {"expect": {"idle": false, "busy": 1, "due": null, "failures": {"x": 1}}}
+//!   ]
+//! }
+//! ```
+//!
+//! - `about` (required): one line, what the case shows.
+//! - `policy` (optional, as is each key; a missing one keeps [`Policy::default`]'s):
+//!   `retry_ms` = `retry_delays`, `prune`, `io_retry_ms` = `[first, max]` of `io_retry`.
+//! - `steps` (required, in order). A step has:
+//!   - `at`: milliseconds since the case's start; omitted = the previous step's time
+//!     (0 for the first). Never goes back.
+//!   - at most one event:
+//!     - `"observe": {"run": "x", "size": 5, "up_to_date": false, "has_gallery": false}`:
+//!       what the shell saw. `size` stands for a version of the run file (no `size`
+//!       or `null`: there is no file); `up_to_date` defaults to `false`,
+//!       `has_gallery` to `up_to_date`.
+//!     - `"done": {"run": "x", ...}`: a worker's report, with one of
+//!       `"outcome": "rendered" | "error_page" | "pruned" | "vanished" | "changed"`,
+//!       `"failed": 5` (the size the attempt saw, `null` for no file; optional
+//!       `"message"`, default `truncated at 5`, or `no file`), or
+//!       `"retry": "message"` (an I/O failure).
+//!     - `"tick": true`: time passed.
+//!   - `want`: with an event (and only then), the actions it returns, in order; `[]`
+//!     for none. Actions are written `render x`, `prune x`, `recheck x` and
+//!     `error_page x (size 5): message` (or `(no file)`).
+//!   - `expect` (optional with an event, required without): checked after the event.
+//!     `idle` ([`Planner::is_idle`]), `busy` ([`Planner::busy`]), `due`
+//!     ([`Planner::next_due`] in ms since the start, or `null`), `failures`
+//!     (`{"x": 2}`: [`Planner::failures`] of each run named).
+//!
+//! Run `x`'s file is `runs/x.safetensors`; size `n` is the facts
+//! `{ size: n, mtime_ns: 1000 + n, ino: 7, ctime_ns: 1000 + n }`. Unknown keys are
+//! errors, so a misspelt check cannot pass silently.
 
 use super::*;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// The case files.
+const CASES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/src/watch/decide/cases");
 
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
 
-fn facts(size: u64) -> Option<Facts> {
-    Some(Facts {
+/// The facts of version `size` of a run file.
+fn facts(size: u64) -> Facts {
+    Facts {
         size,
         mtime_ns: 1_000 + size as u128,
         ino: 7,
         ctime_ns: 1_000 + size as u128,
+    }
+}
+
+fn run_path(id: &str) -> PathBuf {
+    PathBuf::from(format!("runs/{id}.safetensors"))
+}
+
+// ---- The file format, as written ----
+
+/// `Some` for a key that is there, even as `null`: tells `"due": null` from no `due`.
+fn present<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(d).map(Some)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CaseFile {
+    about: String,
+    #[serde(default)]
+    policy: PolicySpec,
+    /// Parsed one by one, so that an error names its step.
+    steps: Vec<serde_json::Value>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicySpec {
+    retry_ms: Option<Vec<u64>>,
+    prune: Option<bool>,
+    io_retry_ms: Option<(u64, u64)>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStep {
+    at: Option<u64>,
+    observe: Option<RawSeen>,
+    done: Option<RawDone>,
+    tick: Option<bool>,
+    want: Option<Vec<String>>,
+    expect: Option<Expect>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSeen {
+    run: String,
+    size: Option<u64>,
+    #[serde(default)]
+    up_to_date: bool,
+    has_gallery: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDone {
+    run: String,
+    outcome: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    failed: Option<Option<u64>>,
+    message: Option<String>,
+    retry: Option<String>,
+    /// With `retry`: the version of the file the attempt saw.
+    size: Option<u64>,
+}
+
+/// The checks after a step; `None`: not checked.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Expect {
+    idle: Option<bool>,
+    busy: Option<usize>,
+    #[serde(default, deserialize_with = "present")]
+    due: Option<Option<u64>>,
+    failures: Option<BTreeMap<String, usize>>,
+}
+
+impl Expect {
+    fn is_empty(&self) -> bool {
+        self.idle.is_none()
+            && self.busy.is_none()
+            && self.due.is_none()
+            && self.failures.as_ref().is_none_or(|f| f.is_empty())
+    }
+}
+
+// ---- A case, ready to replay ----
+
+#[derive(Debug, Clone)]
+struct Case {
+    name: String,
+    policy: Policy,
+    steps: Vec<Step>,
+}
+
+#[derive(Debug, Clone)]
+struct Step {
+    /// Milliseconds since the start.
+    at: u64,
+    /// The step as written (keys sorted), for messages.
+    text: String,
+    /// The event and the actions it must return.
+    event: Option<(Event, Vec<String>)>,
+    expect: Expect,
+}
+
+#[derive(Debug, Clone)]
+enum Event {
+    Observe(Observation),
+    Done(String, Outcome),
+    Tick,
+}
+
+/// Reads case file `name` (`text`), or says what is wrong with it.
+fn parse(name: &str, text: &str) -> Result<Case, String> {
+    let file: CaseFile = serde_json::from_str(text).map_err(|e| format!("{name}: {e}"))?;
+    if file.about.trim().is_empty() {
+        return Err(format!("{name}: `about` is empty"));
+    }
+    if file.steps.is_empty() {
+        return Err(format!("{name}: no steps"));
+    }
+    let d = Policy::default();
+    let p = file.policy;
+    let policy = Policy {
+        retry_delays: p
+            .retry_ms
+            .map_or(d.retry_delays, |v| v.into_iter().map(ms).collect()),
+        prune: p.prune.unwrap_or(d.prune),
+        io_retry: p.io_retry_ms.map_or(d.io_retry, |(a, b)| (ms(a), ms(b))),
+    };
+    let mut at = 0;
+    let mut steps = Vec::with_capacity(file.steps.len());
+    for (i, value) in file.steps.into_iter().enumerate() {
+        let text = value.to_string();
+        let step = serde_json::from_value(value)
+            .map_err(|e| e.to_string())
+            .and_then(|raw| step(raw, &mut at, text.clone()))
+            .map_err(|e| format!("{name}, step {}: {e}\n  {text}", i + 1))?;
+        steps.push(step);
+    }
+    Ok(Case {
+        name: name.to_string(),
+        policy,
+        steps,
     })
 }
 
-fn seen(id: &str, source: Option<Facts>, up_to_date: bool) -> Observation {
-    Observation {
-        id: id.into(),
-        path: PathBuf::from(format!("runs/{id}.safetensors")),
-        source,
-        up_to_date,
-        has_gallery: up_to_date,
+fn step(raw: RawStep, at: &mut u64, text: String) -> Result<Step, String> {
+    if let Some(t) = raw.at {
+        if t < *at {
+            return Err(format!("`at` goes back from {} to {t}", *at));
+        }
+        *at = t;
     }
-}
-
-fn render(id: &str) -> Action {
-    Action::Start(Task {
-        id: id.into(),
-        path: PathBuf::from(format!("runs/{id}.safetensors")),
-        job: Job::Render,
+    let mut events = vec![];
+    if let Some(o) = raw.observe {
+        events.push(Event::Observe(Observation {
+            path: run_path(&o.run),
+            id: o.run,
+            source: o.size.map(facts),
+            up_to_date: o.up_to_date,
+            has_gallery: o.has_gallery.unwrap_or(o.up_to_date),
+        }));
+    }
+    if let Some(d) = raw.done {
+        events.push(Event::Done(d.run.clone(), outcome(d)?));
+    }
+    match raw.tick {
+        Some(true) => events.push(Event::Tick),
+        Some(false) => return Err("`tick` is `true` or absent".into()),
+        None => {}
+    }
+    if events.len() > 1 {
+        return Err("one event per step: `observe`, `done` or `tick`".into());
+    }
+    let expect = raw.expect.unwrap_or_default();
+    let event = match (events.pop(), raw.want) {
+        (Some(e), Some(want)) => Some((e, want)),
+        (Some(_), None) => {
+            return Err("an event needs `want`: the actions it returns, `[]` for none".into())
+        }
+        (None, Some(_)) => return Err("`want` without an event".into()),
+        (None, None) if expect.is_empty() => {
+            return Err("a step without an event needs `expect` with a check".into())
+        }
+        (None, None) => None,
+    };
+    Ok(Step {
+        at: *at,
+        text,
+        event,
+        expect,
     })
 }
 
-fn failed(size: u64) -> Outcome {
-    Outcome::Failed {
-        facts: facts(size),
-        message: format!("truncated at {size}"),
+fn outcome(d: RawDone) -> Result<Outcome, String> {
+    let given = [d.outcome.is_some(), d.failed.is_some(), d.retry.is_some()];
+    if given.iter().filter(|g| **g).count() != 1 {
+        return Err("`done` takes one of `outcome`, `failed` or `retry`".into());
+    }
+    if d.message.is_some() && d.failed.is_none() {
+        return Err("`message` goes with `failed`".into());
+    }
+    if d.size.is_some() && d.retry.is_none() {
+        return Err("`size` goes with `retry`".into());
+    }
+    if let Some(size) = d.failed {
+        let message = d.message.unwrap_or_else(|| match size {
+            Some(n) => format!("truncated at {n}"),
+            None => "no file".into(),
+        });
+        return Ok(Outcome::Failed {
+            facts: size.map(facts),
+            message,
+        });
+    }
+    if let Some(message) = d.retry {
+        return Ok(Outcome::Retry {
+            facts: d.size.map(facts),
+            message,
+        });
+    }
+    match d.outcome.as_deref() {
+        Some("rendered") => Ok(Outcome::Rendered),
+        Some("error_page") => Ok(Outcome::ErrorPage),
+        Some("pruned") => Ok(Outcome::Pruned),
+        Some("vanished") => Ok(Outcome::Vanished),
+        Some("changed") => Ok(Outcome::Changed),
+        other => Err(format!(
+            "unknown outcome {other:?}: rendered, error_page, pruned, vanished or changed \
+             (`failed` and `retry` are keys of their own)"
+        )),
     }
 }
 
-#[test]
-fn new_and_changed_runs_are_rendered_finished_ones_skipped() {
-    let t = Instant::now();
-    let mut p = Planner::default();
-    assert_eq!(p.observe(seen("a", facts(10), false), t), vec![render("a")]);
-    assert_eq!(p.observe(seen("b", facts(10), true), t), vec![]);
-    assert_eq!(p.observe(seen("c", None, false), t), vec![]);
-    assert_eq!(p.busy(), 1);
-    assert_eq!(p.done("a", Outcome::Rendered, t), vec![]);
-    assert!(p.is_idle());
-    // The same run changed later: rendered again.
-    assert_eq!(p.observe(seen("a", facts(11), false), t), vec![render("a")]);
-}
-
-#[test]
-fn a_busy_run_is_never_started_twice_and_is_rechecked_once_after() {
-    let t = Instant::now();
-    let mut p = Planner::default();
-    assert_eq!(p.observe(seen("a", facts(10), false), t).len(), 1);
-    for size in [10, 11, 12] {
-        assert_eq!(p.observe(seen("a", facts(size), false), t), vec![]);
-    }
-    assert_eq!(
-        p.done("a", Outcome::Rendered, t),
-        vec![Action::Recheck {
-            id: "a".into(),
-            path: "runs/a.safetensors".into()
-        }]
-    );
-    // The recheck shows it up to date: nothing more.
-    assert_eq!(p.observe(seen("a", facts(12), true), t), vec![]);
-    assert!(p.is_idle());
-}
-
-#[test]
-fn a_stable_broken_file_gets_an_error_page_after_the_retries() {
-    let t = Instant::now();
-    let mut p = Planner::default();
-    let mut now = t;
-    assert_eq!(p.observe(seen("x", facts(5), false), now).len(), 1);
-    for (attempt, wait) in [250u64, 500, 1000].into_iter().enumerate() {
-        assert_eq!(p.done("x", failed(5), now), vec![], "attempt {attempt}");
-        assert_eq!(p.next_due(), Some(now + ms(wait)));
-        // Not yet due: nothing.
-        assert_eq!(p.tick(now + ms(wait - 1)), vec![]);
-        now += ms(wait);
-        assert_eq!(p.tick(now), vec![render("x")]);
-    }
-    let actions = p.done("x", failed(5), now);
-    assert_eq!(
-        actions,
-        vec![Action::Start(Task {
-            id: "x".into(),
-            path: "runs/x.safetensors".into(),
-            job: Job::ErrorPage {
-                facts: facts(5),
-                message: "truncated at 5".into()
-            }
-        })]
-    );
-    assert_eq!(p.done("x", Outcome::ErrorPage, now), vec![]);
-    assert!(p.is_idle());
-    // The error page is up to date for these facts: no more attempts.
-    assert_eq!(p.observe(seen("x", facts(5), true), now), vec![]);
-}
-
-#[test]
-fn a_growing_file_restarts_the_count_and_never_gets_an_error_page() {
-    let t = Instant::now();
-    let mut p = Planner::default();
-    let mut now = t;
-    p.observe(seen("g", facts(1), false), now);
-    // Each attempt sees a bigger file: always the first failure.
-    for size in 1..50 {
-        let actions = p.done("g", failed(size), now);
+/// Every case file, sorted by name; panics naming every file that does not parse.
+fn load_all() -> Vec<Case> {
+    let dir = Path::new(CASES);
+    let entries = std::fs::read_dir(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+    let mut names = vec![];
+    for entry in entries {
+        let path = entry.expect("a case file").path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if name == "README.md" {
+            continue;
+        }
         assert!(
-            actions.iter().all(|a| matches!(
-                a,
-                Action::Start(Task {
-                    job: Job::Render,
-                    ..
-                })
-            )),
-            "{actions:?}"
+            name.ends_with(".json") && path.is_file(),
+            "{}: not a case file (only *.json and README.md belong here)",
+            path.display()
         );
-        assert_eq!(p.failures("g"), 1);
-        now += ms(250);
-        assert_eq!(p.tick(now), vec![render("g")]);
+        names.push(name);
     }
-    assert_eq!(p.done("g", Outcome::Rendered, now), vec![]);
-    assert!(p.is_idle());
+    names.sort();
+    assert!(!names.is_empty(), "{}: no case files", dir.display());
+    let (mut cases, mut errors) = (vec![], vec![]);
+    for name in names {
+        let text = std::fs::read_to_string(dir.join(&name)).expect("a readable case file");
+        match parse(&name, &text) {
+            Ok(c) => cases.push(c),
+            Err(e) => errors.push(e),
+        }
+    }
+    assert!(errors.is_empty(), "bad case files:\n{}", errors.join("\n"));
+    cases
 }
 
-#[test]
-fn an_event_while_waiting_resets_the_count_and_delays_the_retry() {
-    let t = Instant::now();
-    let mut p = Planner::default();
-    p.observe(seen("g", facts(1), false), t);
-    p.done("g", failed(1), t);
-    p.tick(t + ms(250));
-    p.done("g", failed(1), t + ms(250));
-    assert_eq!(p.failures("g"), 2);
-    // The same facts again (a duplicate event): the timer is kept.
-    assert_eq!(p.observe(seen("g", facts(1), false), t + ms(300)), vec![]);
-    assert_eq!(p.next_due(), Some(t + ms(750)));
-    // It grew: the count restarts, the retry waits for a quiet time.
-    assert_eq!(p.observe(seen("g", facts(2), false), t + ms(400)), vec![]);
-    assert_eq!(p.failures("g"), 0);
-    assert_eq!(p.next_due(), Some(t + ms(650)));
-}
+// ---- Replay ----
 
-#[test]
-fn no_error_page_when_the_file_changed_during_the_last_attempt() {
-    let t = Instant::now();
-    let mut p = Planner::new(Policy {
-        retry_delays: vec![ms(10)],
-        prune: false,
-        ..Policy::default()
-    });
-    p.observe(seen("x", facts(5), false), t);
-    p.done("x", failed(5), t);
-    p.tick(t + ms(10));
-    // An event arrives during the second attempt.
-    p.observe(seen("x", facts(6), false), t + ms(11));
-    assert_eq!(p.done("x", failed(5), t + ms(12)), vec![]);
-    assert_eq!(p.next_due(), Some(t + ms(22)));
-}
-
-#[test]
-fn a_change_under_a_render_waits_then_renders_again() {
-    let t = Instant::now();
-    let mut p = Planner::default();
-    p.observe(seen("a", facts(1), false), t);
-    assert_eq!(p.done("a", Outcome::Changed, t), vec![]);
-    assert_eq!(p.tick(t + ms(250)), vec![render("a")]);
-}
-
-#[test]
-fn deleted_runs_keep_their_gallery_unless_pruning() {
-    let t = Instant::now();
-    let gone = Observation {
-        id: "d".into(),
-        path: "runs/d.safetensors".into(),
-        source: None,
-        up_to_date: false,
-        has_gallery: true,
+/// An action as the case files write it.
+fn show(a: &Action) -> String {
+    let (id, path, shown) = match a {
+        Action::Start(Task { id, path, job }) => {
+            let shown = match job {
+                Job::Render => format!("render {id}"),
+                Job::Prune => format!("prune {id}"),
+                Job::ErrorPage { facts: f, message } => {
+                    let seen = match f {
+                        None => "no file".to_string(),
+                        Some(f) if *f == facts(f.size) => format!("size {}", f.size),
+                        Some(f) => format!("{f:?}"),
+                    };
+                    format!("error_page {id} ({seen}): {message}")
+                }
+            };
+            (id, path, shown)
+        }
+        Action::Recheck { id, path } => (id, path, format!("recheck {id}")),
     };
-    let mut keep = Planner::default();
-    assert_eq!(keep.observe(gone.clone(), t), vec![]);
-    let mut prune = Planner::new(Policy {
-        prune: true,
-        ..Policy::default()
-    });
-    assert_eq!(
-        prune.observe(gone.clone(), t),
-        vec![Action::Start(Task {
-            id: "d".into(),
-            path: "runs/d.safetensors".into(),
-            job: Job::Prune
-        })]
-    );
-    assert_eq!(prune.done("d", Outcome::Pruned, t), vec![]);
-    // Without a gallery there is nothing to prune.
-    let no_gallery = Observation {
-        has_gallery: false,
-        ..gone
-    };
-    assert_eq!(prune.observe(no_gallery, t), vec![]);
+    if *path == run_path(id) {
+        shown
+    } else {
+        format!("{shown} [at {}]", path.display())
+    }
 }
 
-#[test]
-fn a_run_deleted_while_waiting_is_forgotten() {
-    let t = Instant::now();
-    let mut p = Planner::default();
-    p.observe(seen("x", facts(5), false), t);
-    p.done("x", failed(5), t);
-    assert_eq!(p.observe(seen("x", None, false), t), vec![]);
-    assert!(p.is_idle());
-    assert_eq!(p.tick(t + Duration::from_secs(5)), vec![]);
+fn show_ms(t: Option<u64>) -> String {
+    t.map_or("null".into(), |t| format!("{t} ms"))
 }
 
-#[test]
-fn vanished_runs_are_rechecked_and_failed_error_pages_give_up() {
-    let t = Instant::now();
-    let mut p = Planner::new(Policy {
-        retry_delays: vec![],
-        prune: false,
-        ..Policy::default()
-    });
-    p.observe(seen("v", facts(1), false), t);
-    assert_eq!(
-        p.done("v", Outcome::Vanished, t),
-        vec![Action::Recheck {
-            id: "v".into(),
-            path: "runs/v.safetensors".into()
-        }]
-    );
-    // No retries configured: the first failure writes the error page; if that
-    // fails too, the planner gives up.
-    p.observe(seen("e", facts(1), false), t);
-    let a = p.done("e", failed(1), t);
-    assert!(matches!(
-        &a[..],
-        [Action::Start(Task {
-            job: Job::ErrorPage { .. },
-            ..
-        })]
-    ));
-    assert_eq!(p.done("e", failed(1), t), vec![]);
-    assert!(p.is_idle());
+/// Where a replay went wrong.
+#[derive(Debug)]
+struct Mismatch {
+    /// 1-based.
+    step: usize,
+    what: String,
 }
 
-#[test]
-fn io_failures_back_off_and_never_write_an_error_page() {
-    let t = Instant::now();
-    let mut p = Planner::default();
-    let mut now = t;
-    p.observe(seen("x", facts(5), false), now);
-    // Far more I/O failures than render retries: waits grow to the cap, and
-    // every retry is a render, never an error page.
-    for (n, wait) in [1u64, 2, 4, 8, 16, 32, 60, 60, 60].into_iter().enumerate() {
-        let out = Outcome::Retry {
-            message: format!("no space ({n})"),
+/// Drives a fresh planner through `case`; stops at the first step that differs.
+fn replay(case: &Case) -> Result<(), Mismatch> {
+    let t0 = Instant::now();
+    let mut p = Planner::new(case.policy.clone());
+    for (i, s) in case.steps.iter().enumerate() {
+        let mismatch = |what: String| Mismatch {
+            step: i + 1,
+            what: format!("{}\n  {what}", s.text),
         };
-        assert_eq!(p.done("x", out, now), vec![]);
-        assert_eq!(p.next_due(), Some(now + Duration::from_secs(wait)));
-        now += Duration::from_secs(wait);
-        assert_eq!(p.tick(now), vec![render("x")]);
+        let now = t0 + ms(s.at);
+        if let Some((event, want)) = &s.event {
+            let got = match event.clone() {
+                Event::Observe(o) => p.observe(o, now),
+                Event::Done(id, outcome) => p.done(&id, outcome, now),
+                Event::Tick => p.tick(now),
+            };
+            let got: Vec<String> = got.iter().map(show).collect();
+            if got != *want {
+                return Err(mismatch(format!(
+                    "actions differ\n    want: {want:?}\n    got:  {got:?}"
+                )));
+            }
+        }
+        check(&p, t0, &s.expect).map_err(mismatch)?;
     }
-    // Space is back: rendered, forgotten.
-    assert_eq!(p.done("x", Outcome::Rendered, now), vec![]);
-    assert!(p.is_idle());
+    Ok(())
+}
+
+fn check(p: &Planner, t0: Instant, e: &Expect) -> Result<(), String> {
+    let mut bad = vec![];
+    if let Some(want) = e.idle {
+        let got = p.is_idle();
+        if got != want {
+            bad.push(format!("idle: want {want}, got {got}"));
+        }
+    }
+    if let Some(want) = e.busy {
+        let got = p.busy();
+        if got != want {
+            bad.push(format!("busy: want {want}, got {got}"));
+        }
+    }
+    if let Some(want) = e.due {
+        let got = p
+            .next_due()
+            .map(|d| d.duration_since(t0).as_millis() as u64);
+        if got != want {
+            bad.push(format!("due: want {}, got {}", show_ms(want), show_ms(got)));
+        }
+    }
+    for (id, &want) in e.failures.iter().flatten() {
+        let got = p.failures(id);
+        if got != want {
+            bad.push(format!("failures of {id}: want {want}, got {got}"));
+        }
+    }
+    if bad.is_empty() {
+        Ok(())
+    } else {
+        Err(bad.join("\n  "))
+    }
 }
 
 #[test]
-fn a_failed_error_page_for_lack_of_space_is_tried_again() {
-    let t = Instant::now();
-    let mut p = Planner::new(Policy {
-        retry_delays: vec![],
-        ..Policy::default()
-    });
-    p.observe(seen("e", facts(1), false), t);
-    let a = p.done("e", failed(1), t);
-    assert!(matches!(
-        &a[..],
-        [Action::Start(Task {
-            job: Job::ErrorPage { .. },
-            ..
-        })]
-    ));
-    let retry = Outcome::Retry {
-        message: "no space".into(),
+fn every_case_replays() {
+    let cases = load_all();
+    let failed: Vec<String> = cases
+        .iter()
+        .filter_map(|c| {
+            replay(c)
+                .err()
+                .map(|m| format!("{}, step {}: {}", c.name, m.step, m.what))
+        })
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {} cases in {CASES} failed:\n\n{}",
+        failed.len(),
+        cases.len(),
+        failed.join("\n\n")
+    );
+}
+
+// ---- The runner itself ----
+
+/// Copies of `s`, each with one check changed, and what was changed.
+fn mutants(s: &Step) -> Vec<(String, Step)> {
+    let mut out = vec![];
+    let mut with = |what: String, f: &dyn Fn(&mut Step)| {
+        let mut m = s.clone();
+        f(&mut m);
+        out.push((what, m));
     };
-    assert_eq!(p.done("e", retry, t), vec![]);
-    assert!(!p.is_idle());
-    assert_eq!(p.tick(t + Duration::from_secs(1)), vec![render("e")]);
+    if let Some((_, want)) = &s.event {
+        with("one more wanted action".into(), &|m| {
+            m.event.as_mut().unwrap().1.push("render someone".into())
+        });
+        for j in 0..want.len() {
+            with(format!("wanted action {} left out", j + 1), &|m| {
+                m.event.as_mut().unwrap().1.remove(j);
+            });
+            with(format!("wanted action {} changed", j + 1), &|m| {
+                m.event.as_mut().unwrap().1[j].push('~')
+            });
+        }
+    }
+    if let Some(idle) = s.expect.idle {
+        with("idle".into(), &|m| m.expect.idle = Some(!idle));
+    }
+    if let Some(busy) = s.expect.busy {
+        with("busy".into(), &|m| m.expect.busy = Some(busy + 1));
+    }
+    if let Some(due) = s.expect.due {
+        with("due".into(), &|m| {
+            m.expect.due = Some(due.map_or(Some(0), |d| Some(d + 1)))
+        });
+        if due.is_some() {
+            with("due (to null)".into(), &|m| m.expect.due = Some(None));
+        }
+    }
+    for id in s.expect.failures.iter().flatten().map(|(id, _)| id) {
+        with(format!("failures of {id}"), &|m| {
+            *m.expect.failures.as_mut().unwrap().get_mut(id).unwrap() += 1
+        });
+    }
+    out
 }
 
 #[test]
-fn unknown_completions_are_ignored() {
-    let mut p = Planner::default();
-    assert_eq!(p.done("nobody", Outcome::Rendered, Instant::now()), vec![]);
-    assert!(p.is_idle());
+fn every_check_in_every_case_can_fail() {
+    let mut unnoticed = vec![];
+    let mut mutations = 0;
+    // A case that fails as written is `every_case_replays`'s to report.
+    for case in load_all().into_iter().filter(|c| replay(c).is_ok()) {
+        for (i, step) in case.steps.iter().enumerate() {
+            for (what, mutant) in mutants(step) {
+                mutations += 1;
+                let mut c = case.clone();
+                c.steps[i] = mutant;
+                let got = match replay(&c) {
+                    Err(m) if m.step == i + 1 => continue,
+                    Err(m) => format!("failed at step {} instead", m.step),
+                    Ok(()) => "still passed".into(),
+                };
+                unnoticed.push(format!("{}, step {}: {what}: {got}", case.name, i + 1));
+            }
+        }
+    }
+    assert!(mutations > 0);
+    assert!(
+        unnoticed.is_empty(),
+        "checks that cannot fail:\n{}",
+        unnoticed.join("\n")
+    );
+}
+
+#[test]
+fn malformed_cases_are_rejected() {
+    let bad = [
+        (
+            r#"{"steps": [{"tick": true, "want": []}]}"#,
+            "missing field `about`",
+        ),
+        (r#"{"about": "a", "steps": []}"#, "no steps"),
+        (
+            r#"{"about": "a", "polcy": {}, "steps": []}"#,
+            "unknown field `polcy`",
+        ),
+        (
+            r#"{"about": "a", "policy": {"retry": [1]}, "steps": []}"#,
+            "unknown field `retry`",
+        ),
+        (
+            r#"{"about": "a", "steps": [{"tick": true}]}"#,
+            "needs `want`",
+        ),
+        (
+            r#"{"about": "a", "steps": [{"tick": true, "wnat": []}]}"#,
+            "unknown field `wnat`",
+        ),
+        (
+            r#"{"about": "a", "steps": [{"want": []}]}"#,
+            "without an event",
+        ),
+        (r#"{"about": "a", "steps": [{"at": 5}]}"#, "needs `expect`"),
+        (
+            r#"{"about": "a", "steps": [{"expect": {"failures": {}}}]}"#,
+            "needs `expect`",
+        ),
+        (
+            r#"{"about": "a", "steps": [{"expect": {"idel": true}}]}"#,
+            "unknown field `idel`",
+        ),
+        (
+            r#"{"about": "a", "steps": [{"tick": false, "want": []}]}"#,
+            "`tick` is `true`",
+        ),
+        (
+            r#"{"about": "a", "steps": [{"tick": true, "observe": {"run": "a"}, "want": []}]}"#,
+            "one event per step",
+        ),
+        (
+            r#"{"about": "a", "steps": [{"at": 5, "tick": true, "want": []}, {"at": 4, "tick": true, "want": []}]}"#,
+            "step 2: `at` goes back from 5 to 4",
+        ),
+        (
+            r#"{"about": "a", "steps": [{"done": {"run": "a", "outcome": "renderd"}, "want": []}]}"#,
+            "unknown outcome",
+        ),
+        (
+            r#"{"about": "a", "steps": [{"done": {"run": "a", "outcome": "rendered", "failed": 1}, "want": []}]}"#,
+            "one of `outcome`, `failed` or `retry`",
+        ),
+        (
+            r#"{"about": "a", "steps": [{"done": {"run": "a"}, "want": []}]}"#,
+            "one of `outcome`, `failed` or `retry`",
+        ),
+        (
+            r#"{"about": "a", "steps": [{"done": {"run": "a", "retry": "x", "message": "y"}, "want": []}]}"#,
+            "`message` goes with `failed`",
+        ),
+        (
+            r#"{"about": "a", "steps": [{"observe": {"run": "a", "sise": 1}, "want": []}]}"#,
+            "unknown field `sise`",
+        ),
+    ];
+    for (text, needle) in bad {
+        match parse("inline.json", text) {
+            Ok(_) => panic!("accepted: {text}"),
+            Err(e) => assert!(e.contains(needle), "{text}\n  said: {e}\n  want: {needle}"),
+        }
+    }
+    // `"failed": null` (the attempt saw no file) is not a missing `failed`.
+    let ok = r#"{"about": "a", "steps": [{"done": {"run": "a", "failed": null}, "want": []}]}"#;
+    let case = parse("inline.json", ok).unwrap();
+    assert!(matches!(
+        &case.steps[0].event,
+        Some((Event::Done(_, Outcome::Failed { facts: None, message }), _)) if message == "no file"
+    ));
 }
