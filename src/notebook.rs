@@ -196,6 +196,7 @@ fn layer_html(
     let stats = Stats::of(data);
     let pic = render(data, shape, opts)?;
     let hist = Histogram::of(data, &stats, 64);
+    data.check()?;
     let hist_img = render_histogram(&hist, pic.colormap, 480, 110);
     Ok(Html(page(
         "nb_layer.html",
@@ -330,6 +331,8 @@ fn abs_diff_thumb(
         }
         start += n;
     }
+    da.check()?;
+    db.check()?;
     let opts = RenderOptions {
         scale: Scale::Shared,
         colormap: Colormap::Auto,
