@@ -13,7 +13,7 @@
 //! let (_y, run) = Recorder::new("doc").record(|| tap("relu", &x.relu()?))?;
 //! let dir = tempfile::tempdir()?;
 //! let path = run.save(dir.path())?;            // <run-id>.safetensors, atomically
-//! let back = Run::open(&path)?;                // header only; data mapped lazily
+//! let back = Run::open(&path)?;                // header only; layers read when asked
 //! assert_eq!(back.values("relu")?, vec![0., 1., 2., 3., 4., 5.]);
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
