@@ -7,49 +7,7 @@
 //! `every_check_in_every_case_can_fail` changes each check of each case in turn and
 //! makes sure the replay then fails at that very step.
 //!
-//! # The format
-//!
-//! ```text
-//! {
-//!   "about": "a stable broken file gets an error page after the retries",
-//!   "policy": {"retry_ms": [250, 500, 1000], "prune": false, "io_retry_ms": [1000, 60000]},
-//!   "steps": [
-//!     {"at": 0, "observe": {"run": "x", "size": 5}, "want": ["render x"]},
-//!     {"done": {"run": "x", "failed": 5}, "want": [], "expect": {"due": 250}},
-//!     {"at": 250, "tick": true, "want": ["render x"]},
-//!     {"expect": {"idle": false, "busy": 1, "due": null, "failures": {"x": 1}}}
-//!   ]
-//! }
-//! ```
-//!
-//! - `about` (required): one line, what the case shows.
-//! - `policy` (optional, as is each key; a missing one keeps [`Policy::default`]'s):
-//!   `retry_ms` = `retry_delays`, `prune`, `io_retry_ms` = `[first, max]` of `io_retry`.
-//! - `steps` (required, in order). A step has:
-//!   - `at`: milliseconds since the case's start; omitted = the previous step's time
-//!     (0 for the first). Never goes back.
-//!   - at most one event:
-//!     - `"observe": {"run": "x", "size": 5, "up_to_date": false, "has_gallery": false}`:
-//!       what the shell saw. `size` stands for a version of the run file (no `size`
-//!       or `null`: there is no file); `up_to_date` defaults to `false`,
-//!       `has_gallery` to `up_to_date`.
-//!     - `"done": {"run": "x", ...}`: a worker's report, with one of
-//!       `"outcome": "rendered" | "error_page" | "pruned" | "vanished" | "changed"`,
-//!       `"failed": 5` (the size the attempt saw, `null` for no file; optional
-//!       `"message"`, default `truncated at 5`, or `no file`), or
-//!       `"retry": "message"` (an I/O failure).
-//!     - `"tick": true`: time passed.
-//!   - `want`: with an event (and only then), the actions it returns, in order; `[]`
-//!     for none. Actions are written `render x`, `prune x`, `recheck x` and
-//!     `error_page x (size 5): message` (or `(no file)`).
-//!   - `expect` (optional with an event, required without): checked after the event.
-//!     `idle` ([`Planner::is_idle`]), `busy` ([`Planner::busy`]), `due`
-//!     ([`Planner::next_due`] in ms since the start, or `null`), `failures`
-//!     (`{"x": 2}`: [`Planner::failures`] of each run named).
-//!
-//! Run `x`'s file is `runs/x.safetensors`; size `n` is the facts
-//! `{ size: n, mtime_ns: 1000 + n, ino: 7, ctime_ns: 1000 + n }`. Unknown keys are
-//! errors, so a misspelt check cannot pass silently.
+//! The format is described in `src/watch/decide/cases/README.md`.
 
 use super::*;
 use serde::Deserialize;
@@ -539,6 +497,7 @@ fn every_check_in_every_case_can_fail() {
     );
 }
 
+// long: a table of malformed inputs, one line each.
 #[test]
 fn malformed_cases_are_rejected() {
     let bad = [

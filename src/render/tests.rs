@@ -1,0 +1,122 @@
+//! Layouts, scales and pictures.
+
+use super::layout::MAX_ASPECT;
+use super::*;
+
+fn opts() -> RenderOptions {
+    RenderOptions::default()
+}
+
+#[test]
+fn grids_are_near_square_and_cells_readable() {
+    let l = layout(&[1, 32, 26, 26], &opts()).unwrap();
+    assert_eq!((l.kind, l.rows, l.cols), (LayoutKind::Grid, 6, 6));
+    assert!(l.cell_w >= 64 && l.cell_w < 64 + 26, "{l:?}");
+    assert_eq!(l.width, 6 * l.cell_w + 5);
+    let l = layout(&[2, 3, 4, 5, 6], &opts()).unwrap();
+    assert_eq!((l.kind, l.tiles), (LayoutKind::Grid, 12));
+}
+
+#[test]
+fn single_values_fit_budgets_below_the_minimum_side() {
+    // A 1×1 map enlarged to `min_side` was "already at one cell per pixel"
+    // (down == 1) and never shrank: layout looped forever (found by tests/fuzz.rs).
+    for shape in [
+        &[][..],
+        &[1],
+        &[1, 1],
+        &[1, 1, 1],
+        &[1, 1, 1, 1],
+        &[2, 1, 1, 1],
+    ] {
+        for max_pixels in [1, 300, 20_000] {
+            let o = RenderOptions {
+                max_pixels,
+                ..opts()
+            };
+            let l = layout(shape, &o).unwrap();
+            assert!(
+                l.width * l.height <= max_pixels,
+                "{shape:?} {max_pixels}: {l:?}"
+            );
+            assert!(l.width >= 1 && l.height >= 1);
+        }
+    }
+}
+
+#[test]
+fn shapes_choose_their_layout() {
+    let k = |s: &[usize]| layout(s, &opts()).unwrap().kind;
+    assert_eq!(k(&[]), LayoutKind::Folded);
+    assert_eq!(k(&[7]), LayoutKind::Folded);
+    assert_eq!(k(&[1, 128]), LayoutKind::Folded);
+    assert_eq!(k(&[1, 8, 64]), LayoutKind::Heatmap);
+    assert_eq!(k(&[1, 1, 64]), LayoutKind::Folded);
+    assert_eq!(k(&[1, 20000, 1, 1]), LayoutKind::Folded);
+    assert_eq!(k(&[1, 1, 1, 20000]), LayoutKind::Folded);
+    assert_eq!(k(&[1, 4, 1, 300]), LayoutKind::Heatmap);
+    assert_eq!(k(&[1, 0, 3, 3]), LayoutKind::Empty);
+    assert!(layout(
+        &[2, 3],
+        &RenderOptions {
+            sample: 2,
+            ..opts()
+        }
+    )
+    .is_err());
+}
+
+#[test]
+fn the_pixel_budget_holds() {
+    for shape in [
+        vec![1, 512, 256, 256],
+        vec![1, 100_000_000],
+        vec![1, 2, 20000],
+        vec![1, 3_000_000, 2, 2],
+        vec![1, 1, 5000, 3],
+    ] {
+        for budget in [1000, 40_000, 4_000_000] {
+            let o = RenderOptions {
+                max_pixels: budget,
+                ..opts()
+            };
+            let l = layout(&shape, &o).unwrap();
+            assert!(l.width * l.height <= budget, "{shape:?} {budget}: {l:?}");
+            assert!(l.tiles >= 1);
+        }
+    }
+}
+
+#[test]
+fn heatmaps_are_not_slivers() {
+    let l = layout(&[1, 8, 4096], &opts()).unwrap();
+    assert!(
+        l.width as f64 <= MAX_ASPECT * l.height as f64 + l.y.zoom as f64,
+        "{l:?}"
+    );
+}
+
+#[test]
+fn downsampling_averages_and_flags() {
+    // A 1×1×4×4 map reduced 2× each way.
+    let mut v: Vec<f32> = (0..16).map(|i| i as f32).collect();
+    v[15] = f32::NAN;
+    let d = LayerData::from_f32(v);
+    let mut l = layout(&[1, 1, 4, 4], &opts()).unwrap();
+    l.y = Axis { zoom: 1, down: 2 };
+    l.x = Axis { zoom: 1, down: 2 };
+    let r = reduce_tile(&d, &l, 0);
+    assert_eq!(r[0], (0. + 1. + 4. + 5.) / 4.);
+    assert_eq!(r[1], (2. + 3. + 6. + 7.) / 4.);
+    assert!(r[3].is_nan());
+}
+
+#[test]
+fn scales_parse() {
+    assert_eq!(
+        "p1-99".parse::<Scale>().unwrap(),
+        Scale::Percentile(1.0, 99.0)
+    );
+    assert_eq!("shared".parse::<Scale>().unwrap(), Scale::Shared);
+    assert!("p99-1".parse::<Scale>().is_err());
+}
