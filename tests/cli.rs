@@ -402,4 +402,8 @@ fn a_wrong_layer_name_is_one_error_line_and_nothing_else() {
     let err = common::stderr(&out);
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.contains("no layer named \"nope\""), "{err}");
+    let out = cl_code(&["show", run.to_str().unwrap(), "layr1"], dir.path(), 2);
+    let err = common::stderr(&out);
+    assert!(err.contains("did you mean \"layer1\"?"), "{err}");
+    assert!(err.contains("layers: layer0, layer1"), "{err}");
 }

@@ -151,7 +151,13 @@ fn show(path: &Path, layer: Option<&str>) -> Result<i32> {
     let layer = match layer {
         Some(name) => Some(
             run.layer(name)
-                .with_context(|| format!("{}: no layer named {name:?}", path.display()))?
+                .with_context(|| {
+                    format!(
+                        "{}: no layer named {name:?}{}",
+                        path.display(),
+                        suggest(&run, name)
+                    )
+                })?
                 .clone(),
         ),
         None => None,
@@ -178,6 +184,41 @@ fn show(path: &Path, layer: Option<&str>) -> Result<i32> {
         Some(l) => show_layer(&run, &l)?,
     }
     Ok(0)
+}
+
+/// "; did you mean "conv1"? (layers: ...)" for a wrong layer name: the closest
+/// name by edit distance, and the first layers of the run.
+fn suggest(run: &Run, name: &str) -> String {
+    let names: Vec<&str> = run.layers().iter().map(|l| l.name.as_str()).collect();
+    if names.is_empty() {
+        return "; the run has no layer".into();
+    }
+    let closest = names
+        .iter()
+        .min_by_key(|n| edit_distance(n, name))
+        .expect("at least one layer");
+    let shown: Vec<&str> = names.iter().take(12).copied().collect();
+    let more = if names.len() > 12 { ", ..." } else { "" };
+    format!(
+        "; did you mean {closest:?}? (layers: {}{more})",
+        shown.join(", ")
+    )
+}
+
+/// Levenshtein distance over chars.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, &cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != cb)).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
 }
 
 /// One row of statistics per layer.
