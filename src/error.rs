@@ -118,13 +118,6 @@ impl Error {
         }
     }
 
-    /// True for a failure of the machine rather than of the input: an I/O error
-    /// (no space, a disk error, no permission). Such a failure says nothing about
-    /// the run file: `watch` retries instead of writing an error page.
-    pub fn is_io(&self) -> bool {
-        matches!(self, Error::Io { .. })
-    }
-
     /// An [`Error::BadRunFile`] for `path`.
     pub fn bad(path: impl Into<PathBuf>, msg: impl Into<String>) -> Self {
         Error::BadRunFile {

@@ -29,10 +29,17 @@ pub fn check_page_replaceable(page: &Path, what: &str) -> Result<()> {
         Err(e) => return Err(Error::io(page, e)),
         Ok(m) => m,
     };
+    // The mark is in the page's head: read its first 4 KiB only.
+    let head = || -> Option<Vec<u8>> {
+        use std::io::Read;
+        let mut b = Vec::with_capacity(4096);
+        let f = crate::staging::open_regular(page).ok()?;
+        f.take(4096).read_to_end(&mut b).ok()?;
+        Some(b)
+    };
     let ours = md.is_file()
-        && md.len() < 64 << 20
-        && std::fs::read(page).is_ok_and(|b| {
-            let text = String::from_utf8_lossy(&b[..b.len().min(4096)]);
+        && head().is_some_and(|b| {
+            let text = String::from_utf8_lossy(&b);
             text.contains(&generator_mark(what))
                 // Pages of candlelight versions before the mark.
                 || (what == "index" && text.contains("<title>candlelight galleries</title>"))

@@ -45,11 +45,12 @@ pub struct LayerData<'a> {
     failed: OnceLock<Failure>,
 }
 
-/// A failed read, kept to be reported by [`LayerData::check`].
+/// A failed read, kept to be reported by [`LayerData::check`] (an `io::Error` is
+/// not `Clone`: its kind and text are kept).
 struct Failure {
     path: PathBuf,
-    /// The I/O error's kind; `None` when the file ended early.
-    io: Option<std::io::ErrorKind>,
+    layer: String,
+    kind: std::io::ErrorKind,
     msg: String,
 }
 
@@ -57,15 +58,8 @@ impl<'a> LayerData<'a> {
     /// Values stored as `dtype` in little-endian `bytes` ([`Error::BadOption`] for a
     /// dtype that is not numbers or bytes that are not whole elements).
     pub fn from_bytes(bytes: Cow<'a, [u8]>, dtype: Dtype) -> Result<Self> {
-        let size = element_size(dtype).map_err(Error::option)?;
-        if bytes.len() % size != 0 {
-            return Err(Error::option(format!(
-                "{} bytes is not a whole number of {dtype} elements",
-                bytes.len()
-            )));
-        }
         Ok(LayerData {
-            len: bytes.len() / size,
+            len: element_count(bytes.len(), dtype).map_err(Error::option)?,
             source: Source::Bytes(bytes),
             dtype,
             failed: OnceLock::new(),
@@ -82,18 +76,10 @@ impl<'a> LayerData<'a> {
         path: &'a Path,
         layer: &'a str,
     ) -> Result<Self> {
-        let size =
-            element_size(dtype).map_err(|m| Error::bad(path, format!("layer {layer:?}: {m}")))?;
-        if len_bytes % size != 0 {
-            return Err(Error::bad(
-                path,
-                format!(
-                    "layer {layer:?}: {len_bytes} bytes is not a whole number of {dtype} elements"
-                ),
-            ));
-        }
+        let len = element_count(len_bytes, dtype)
+            .map_err(|m| Error::bad(path, format!("layer {layer:?}: {m}")))?;
         Ok(LayerData {
-            len: len_bytes / size,
+            len,
             source: Source::File {
                 file,
                 offset,
@@ -146,10 +132,11 @@ impl<'a> LayerData<'a> {
     pub fn check(&self) -> Result<()> {
         match self.failed.get() {
             None => Ok(()),
-            Some(f) => Err(match f.io {
-                Some(kind) => Error::io(&f.path, std::io::Error::new(kind, f.msg.clone())),
-                None => Error::bad(&f.path, f.msg.clone()),
-            }),
+            Some(f) => Err(read_error(
+                &f.path,
+                Some(&f.layer),
+                std::io::Error::new(f.kind, f.msg.clone()),
+            )),
         }
     }
 
@@ -224,15 +211,11 @@ impl<'a> LayerData<'a> {
 
     fn fail(&self, path: &Path, layer: &str, e: std::io::Error, out: &mut [f32]) {
         out.fill(f32::NAN);
-        let (io, msg) = if e.kind() == std::io::ErrorKind::UnexpectedEof {
-            (None, format!("layer {layer:?}: the file ended early while it was read (truncated or rewritten by its producer?)"))
-        } else {
-            (Some(e.kind()), format!("layer {layer:?}: {e}"))
-        };
         let _ = self.failed.set(Failure {
             path: path.to_path_buf(),
-            io,
-            msg,
+            layer: layer.to_string(),
+            kind: e.kind(),
+            msg: e.to_string(),
         });
     }
 
@@ -298,6 +281,34 @@ pub(crate) fn read_exact_at(file: &File, buf: &mut [u8], offset: u64) -> std::io
 
 fn element_size(dtype: Dtype) -> Result<usize, String> {
     elem_size(dtype).ok_or_else(|| format!("dtype {dtype} cannot be read as numbers"))
+}
+
+/// How many `dtype` elements `len_bytes` bytes hold, if a whole number.
+fn element_count(len_bytes: usize, dtype: Dtype) -> Result<usize, String> {
+    let size = element_size(dtype)?;
+    if len_bytes % size != 0 {
+        return Err(format!(
+            "{len_bytes} bytes is not a whole number of {dtype} elements"
+        ));
+    }
+    Ok(len_bytes / size)
+}
+
+/// The error for a positioned read of the run file `path` that failed: a file that
+/// ended early is a [`Error::BadRunFile`] (truncated or rewritten under the reader),
+/// anything else an [`Error::Io`]. `layer` names the layer being read, if any.
+pub(crate) fn read_error(path: &Path, layer: Option<&str>, e: std::io::Error) -> Error {
+    let at = layer.map(|l| format!("layer {l:?}: ")).unwrap_or_default();
+    if e.kind() == std::io::ErrorKind::UnexpectedEof {
+        Error::bad(
+            path,
+            format!("{at}the file ended early while it was read (truncated or rewritten by its producer?)"),
+        )
+    } else if layer.is_some() {
+        Error::io(path, std::io::Error::new(e.kind(), format!("{at}{e}")))
+    } else {
+        Error::io(path, e)
+    }
 }
 
 /// Converts little-endian elements of `dtype` in `src` into `out` (same count).

@@ -67,6 +67,18 @@ fn one_line(o: &Output) -> String {
     lines[0].to_string()
 }
 
+/// Waits until the gallery of `path` shows the file as it is now (status ok), then
+/// stops the daemon, which must exit 0.
+fn wait_rendered_then_stop(d: Daemon, out: &Path, path: &Path) {
+    let want = source_facts(path).unwrap();
+    let gallery = out.join(gallery_name(path));
+    d.wait("the current version's gallery", || {
+        read_manifest(&gallery).is_some_and(|m| m.status == "ok" && m.source_facts() == want)
+    });
+    let (code, log) = d.stop();
+    assert_eq!(code, Some(0), "{log}");
+}
+
 // ---- 1. watch deletes only what it made; refuses to watch its own output ----
 
 #[test]
@@ -366,12 +378,7 @@ fn a_write_failure_keeps_the_good_gallery_and_is_retried_until_it_works() {
 
     // Space is back: the new version is rendered without any event.
     set_file_size_limit(d.child.id(), libc::RLIM_INFINITY);
-    let want = source_facts(&path).unwrap();
-    d.wait("the new version", || {
-        read_manifest(&out.join("r")).is_some_and(|m| m.status == "ok" && m.source_facts() == want)
-    });
-    let (code, log) = d.stop();
-    assert_eq!(code, Some(0), "{log}");
+    wait_rendered_then_stop(d, &out, &path);
 }
 
 // ---- 5. every run its own gallery, stable across restarts ----
@@ -454,12 +461,7 @@ fn the_daemon_survives_a_producer_that_truncates_files_while_they_render() {
     );
     // A whole file at last: rendered.
     let path = put(&runs, "t", &run_bytes(&big(2, 1)));
-    let want = source_facts(&path).unwrap();
-    d.wait("the final version", || {
-        read_manifest(&out.join("t")).is_some_and(|m| m.status == "ok" && m.source_facts() == want)
-    });
-    let (code, log) = d.stop();
-    assert_eq!(code, Some(0), "{log}");
+    wait_rendered_then_stop(d, &out, &path);
 }
 
 // ---- 8. smaller ones ----

@@ -48,7 +48,7 @@ pub use index::write_index;
 use crate::pages::page;
 use crate::render::RenderOptions;
 use crate::runfile::{now_rfc3339, sanitize_id};
-use crate::staging::{self, absolute, write_atomic, Kind, Temp};
+use crate::staging::{self, absolute, Kind, Temp};
 use crate::{Error, Result, Run};
 use card::Card;
 
@@ -184,6 +184,15 @@ impl Manifest {
         }
     }
 
+    /// True when this gallery was made by this renderer from `run_path` as it is
+    /// now (`facts`): see [`is_up_to_date`].
+    pub fn is_current(&self, run_path: &Path, facts: SourceFacts) -> bool {
+        self.gallery_version == GALLERY_VERSION
+            && self.renderer_version == RENDERER_VERSION
+            && self.source_facts() == facts
+            && self.source == absolute(run_path)
+    }
+
     /// The facts of the run file this gallery was made from.
     pub fn source_facts(&self) -> SourceFacts {
         SourceFacts {
@@ -256,10 +265,7 @@ pub fn is_up_to_date(out: &Path, run_path: &Path) -> bool {
     ) else {
         return false;
     };
-    m.gallery_version == GALLERY_VERSION
-        && m.renderer_version == RENDERER_VERSION
-        && m.source_facts() == f
-        && m.source == absolute(run_path)
+    m.is_current(run_path, f)
 }
 
 /// Whether `target` may be replaced or removed by candlelight: it does not exist,
@@ -328,7 +334,13 @@ fn write_manifest(dir: &Path, m: &Manifest) -> Result<()> {
     let path = dir.join("manifest.json");
     let bytes = serde_json::to_vec_pretty(m)
         .map_err(|e| Error::internal(format!("{}: {e}", path.display())))?;
-    write_atomic(&path, &bytes)
+    // Inside the staging folder nothing is visible until the folder is swapped in:
+    // a plain write, synced so the manifest is on disk before the swap.
+    let res = std::fs::File::create(&path).and_then(|mut f| {
+        std::io::Write::write_all(&mut f, &bytes)?;
+        f.sync_all()
+    });
+    res.map_err(|e| Error::io(&path, e))
 }
 
 /// Same swap-into-place as [`render_gallery`], but the gallery is an error page

@@ -25,9 +25,7 @@ mod open;
 pub(crate) mod path_json;
 mod write;
 
-use open::read_error;
-
-use crate::values::{read_exact_at, LayerData};
+use crate::values::{read_error, read_exact_at, LayerData};
 use crate::{Error, Result};
 
 /// Format version written into `candlelight.version`.
@@ -333,7 +331,7 @@ impl Run {
         };
         let (s, e) = ranges[index];
         let mut buf = vec![0u8; (e - s) as usize];
-        read_exact_at(file, &mut buf, s).map_err(|e| read_error(&self.where_(), e))?;
+        read_exact_at(file, &mut buf, s).map_err(|e| read_error(&self.where_(), None, e))?;
         Ok(buf)
     }
 

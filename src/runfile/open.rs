@@ -12,7 +12,7 @@ use super::{
     index_names, LayerInfo, Run, RunInfo, Store, FORMAT_VERSION, KEY_ORDER, KEY_RUN, KEY_VERSION,
 };
 use crate::staging::open_regular;
-use crate::values::read_exact_at;
+use crate::values::{read_error, read_exact_at};
 use crate::{Error, Result};
 
 impl Run {
@@ -102,17 +102,6 @@ impl Run {
 /// The safetensors crate's limit on header size.
 const MAX_HEADER: usize = 100_000_000;
 
-pub(super) fn read_error(path: &Path, e: std::io::Error) -> Error {
-    if e.kind() == std::io::ErrorKind::UnexpectedEof {
-        Error::bad(
-            path,
-            "the file ended early while it was read (truncated or rewritten by its producer?)",
-        )
-    } else {
-        Error::io(path, e)
-    }
-}
-
 /// The header JSON parsed and checked as the safetensors crate does (offsets in
 /// order, contiguous, lengths matching shapes and dtypes), without the data.
 fn parse_header(bytes: &[u8]) -> std::result::Result<Metadata, SafeTensorError> {
@@ -200,7 +189,7 @@ fn capture_order(path: &Path, meta: &Metadata, listed: Option<&String>) -> Resul
 /// Reads and checks the header: the metadata and where the data section starts.
 fn read_header(path: &Path, file: &std::fs::File, size: u64) -> Result<(Metadata, u64)> {
     let mut len = [0u8; 8];
-    read_exact_at(file, &mut len, 0).map_err(|e| read_error(path, e))?;
+    read_exact_at(file, &mut len, 0).map_err(|e| read_error(path, None, e))?;
     let n = u64::from_le_bytes(len);
     if n > MAX_HEADER as u64 {
         return Err(Error::bad(
@@ -215,7 +204,7 @@ fn read_header(path: &Path, file: &std::fs::File, size: u64) -> Result<(Metadata
         ));
     }
     let mut header = vec![0u8; n as usize];
-    read_exact_at(file, &mut header, 8).map_err(|e| read_error(path, e))?;
+    read_exact_at(file, &mut header, 8).map_err(|e| read_error(path, None, e))?;
     let meta =
         parse_header(&header).map_err(|e| Error::bad(path, describe_st_error(e, n, size)))?;
     let data_start = 8 + n;

@@ -17,12 +17,12 @@ use crate::gallery;
 
 /// What the daemon sees of one run file and its gallery now.
 pub fn observe(out: &Path, path: &Path) -> Observation {
+    // One look at the file and one at its manifest.
     let source = worker::facts_now(path);
-    let up_to_date = source.is_some() && gallery::is_up_to_date(out, path);
+    let manifest = gallery::read_manifest(&gallery::gallery_dir(out, path));
+    let up_to_date = matches!((&manifest, source), (Some(m), Some(f)) if m.is_current(path, f));
     // A gallery counts as this run's (for pruning) when its source is gone.
-    let has_gallery = source.is_none()
-        && gallery::read_manifest(&gallery::gallery_dir(out, path))
-            .is_some_and(|m| !m.source.exists());
+    let has_gallery = source.is_none() && manifest.is_some_and(|m| !m.source.exists());
     Observation {
         id: gallery::gallery_name(path),
         path: path.to_path_buf(),

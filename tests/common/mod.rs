@@ -4,32 +4,19 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-/// Runs the `candlelight` binary; on an unexpected exit code prints the command,
-/// cwd and output.
+/// Runs the `candlelight` binary.
 pub fn cl(args: &[&str], cwd: &Path) -> Output {
-    let out = Command::new(env!("CARGO_BIN_EXE_candlelight"))
-        .args(args)
-        .current_dir(cwd)
-        .output()
-        .expect("run candlelight");
-    out
+    cl_os(&os_args(args), cwd)
 }
 
-/// Like [`cl`] but asserts the exit code, printing everything on failure.
+/// Like [`cl`] but asserts the exit code, printing the command, cwd, output and
+/// files on failure.
 pub fn cl_code(args: &[&str], cwd: &Path, code: i32) -> Output {
-    let out = cl(args, cwd);
-    if out.status.code() != Some(code) {
-        panic!(
-            "candlelight {:?} (cwd {}) exited {:?}, expected {code}\n--- stdout\n{}\n--- stderr\n{}\n--- files\n{}",
-            args,
-            cwd.display(),
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr),
-            list_files(cwd)
-        );
-    }
-    out
+    cl_os_code(&os_args(args), cwd, code)
+}
+
+fn os_args<'a>(args: &[&'a str]) -> Vec<&'a std::ffi::OsStr> {
+    args.iter().map(|a| std::ffi::OsStr::new(*a)).collect()
 }
 
 /// Like [`cl`] with arguments that need not be UTF-8 (paths).
