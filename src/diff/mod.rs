@@ -387,6 +387,13 @@ pub fn diff(a: &Run, b: &Run, opts: &DiffOptions) -> Result<RunDiff> {
     })
 }
 
+/// True when shapes `a` and `b` differ only by leading 1s (`[12, 384]` and
+/// `[1, 12, 384]`): same elements in the same order.
+pub fn same_but_leading_ones(a: &[usize], b: &[usize]) -> bool {
+    let trim = |s: &[usize]| -> usize { s.iter().take_while(|&&d| d == 1).count() };
+    a[trim(a)..] == b[trim(b)..]
+}
+
 fn where_(run: &Run, side: &str) -> String {
     match run.path() {
         Some(p) => p.display().to_string(),

@@ -25,9 +25,15 @@
 //! Several threads may record at once; each records its own run.
 
 pub mod nn;
+mod patch;
+mod scope;
+pub mod with_tracing;
+
+pub use scope::Scope;
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use candle_core::{DType, Tensor, TensorId, Var};
 use globset::{Glob, GlobSet, GlobSetBuilder};
@@ -68,6 +74,9 @@ pub struct Recorder {
     store_as: Option<DType>,
     tags: BTreeMap<String, String>,
     id: Option<String>,
+    tokens: Option<Vec<Vec<String>>>,
+    patch_from: Option<Arc<Run>>,
+    patch: Vec<String>,
 }
 
 /// What a capture needs while the pass runs.
@@ -90,6 +99,8 @@ struct Capture {
     counts: HashMap<String, usize>,
     /// Op-level capture: tensor id -> recorded name, to name graph nodes.
     by_id: Option<HashMap<TensorId, usize>>,
+    /// Layers that return another run's tensor instead of their own.
+    patch: Option<patch::Patch>,
 }
 
 thread_local! {
@@ -100,15 +111,13 @@ thread_local! {
 /// this thread. The seed's `VisualizeLayer`, done right.
 #[inline]
 pub fn tap(name: &str, t: &Tensor) -> candle_core::Result<Tensor> {
-    record_as(name, "tap", t);
-    Ok(t.clone())
+    record_out(name, "tap", t.clone())
 }
 
 /// Like [`tap`], with a layer kind (`relu`, `max_pool2d`, ...) instead of `tap`.
 #[inline]
 pub fn tap_as(name: &str, kind: &str, t: &Tensor) -> candle_core::Result<Tensor> {
-    record_as(name, kind, t);
-    Ok(t.clone())
+    record_out(name, kind, t.clone())
 }
 
 /// Records `t` as `name` with layer kind `kind` when a recorder is active.
@@ -124,6 +133,34 @@ pub fn record_as(name: &str, kind: &str, t: &Tensor) {
     });
 }
 
+/// Records `t` as `name` (kind `kind`) when a recorder is active and returns the
+/// tensor the model should go on with: `t` itself, or, when the recorder patches
+/// this layer ([`Recorder::patch`]), the patch run's tensor of the same name.
+/// What [`tap`], the drop-in layers and [`Scope`] use.
+#[inline]
+pub fn record_out(name: &str, kind: &str, t: Tensor) -> candle_core::Result<Tensor> {
+    let patched = ACTIVE.try_with(|a| {
+        let Ok(mut a) = a.try_borrow_mut() else {
+            return Ok(None);
+        };
+        let Some(c) = a.as_mut() else {
+            return Ok(None);
+        };
+        let Some(name) = c.push(name, kind, &t) else {
+            return Ok(None);
+        };
+        match c.patch.as_mut() {
+            Some(p) => p.apply(&name, &t),
+            None => Ok(None),
+        }
+    });
+    match patched {
+        Ok(Ok(Some(p))) => Ok(p),
+        Ok(Err(e)) => Err(e),
+        _ => Ok(t),
+    }
+}
+
 /// True when a recorder is active on this thread.
 pub fn is_recording() -> bool {
     ACTIVE
@@ -132,10 +169,11 @@ pub fn is_recording() -> bool {
 }
 
 impl Capture {
-    fn push(&mut self, name: &str, kind: &str, t: &Tensor) {
+    /// Records `t`; returns the name it got, `None` when the filter skips it.
+    fn push(&mut self, name: &str, kind: &str, t: &Tensor) -> Option<String> {
         let base = if name.is_empty() { kind } else { name };
         if !self.filter.wants(base) {
-            return;
+            return None;
         }
         let n = self.counts.entry(base.to_string()).or_insert(0);
         *n += 1;
@@ -148,7 +186,8 @@ impl Capture {
             ids.insert(t.id(), self.entries.len());
         }
         self.kinds.insert(name.clone(), kind.to_string());
-        self.entries.push((name, t.clone()));
+        self.entries.push((name.clone(), t.clone()));
+        Some(name)
     }
 }
 
@@ -226,6 +265,61 @@ impl Recorder {
         self
     }
 
+    /// Stores the input's token strings, one list per sample, in the run
+    /// (`tokens` in the run facts), so pictures can label token axes.
+    pub fn tokens<S: Into<String>>(mut self, tokens: impl IntoIterator<Item = Vec<S>>) -> Self {
+        self.tokens = Some(
+            tokens
+                .into_iter()
+                .map(|s| s.into_iter().map(Into::into).collect())
+                .collect(),
+        );
+        self
+    }
+
+    /// Patching: layers named by [`Recorder::patch`] globs record their own output,
+    /// then hand the model `run`'s tensor of the same name instead, so everything
+    /// downstream runs on `run`'s activations. With every layer patched from a
+    /// reference run, a diff against that run shows each layer's *local* error;
+    /// patching one layer from a run on another input is activation patching.
+    ///
+    /// The patch tensor is converted to the layer's dtype and device; shapes must
+    /// match up to leading 1s (`[12, 384]` patches `[1, 12, 384]`). A layer the run
+    /// does not have keeps its own output. The run facts list what was patched
+    /// (`patched`: `from` = the run's id, `layers`, `missing`).
+    ///
+    /// ```
+    /// use candle_core::{Device, Tensor};
+    /// use candlelight::{tap, Recorder};
+    ///
+    /// let x = Tensor::new(&[1f32, 2.0], &Device::Cpu)?;
+    /// let f = || -> candle_core::Result<Tensor> {
+    ///     let h = tap("h", &(&x * 2.0)?)?;
+    ///     tap("out", &(h + 1.0)?)
+    /// };
+    /// let (_, reference) = Recorder::new("ref").record(f)?;
+    /// let x = Tensor::new(&[5f32, 5.0], &Device::Cpu)?;
+    /// let g = || -> candle_core::Result<Tensor> {
+    ///     let h = tap("h", &(&x * 2.0)?)?;
+    ///     tap("out", &(h + 1.0)?)
+    /// };
+    /// let (y, run) = Recorder::new("patched").patch_from(reference).patch("h").record(g)?;
+    /// assert_eq!(y.to_vec1::<f32>()?, [3.0, 5.0]); // downstream of h runs on the reference's h
+    /// assert_eq!(run.values("h")?, [10.0, 10.0]); // h itself is recorded as computed
+    /// # Ok::<(), candlelight::Error>(())
+    /// ```
+    pub fn patch_from(mut self, run: impl Into<Arc<Run>>) -> Self {
+        self.patch_from = Some(run.into());
+        self
+    }
+
+    /// Patches layers whose name matches this glob (`*` for every layer,
+    /// `encoder.layer.3`, `*.attention_probs`) from the [`Recorder::patch_from`] run.
+    pub fn patch(mut self, glob: impl Into<String>) -> Self {
+        self.patch.push(glob.into());
+        self
+    }
+
     fn start(&self, by_id: bool) -> Result<Capture> {
         Ok(Capture {
             filter: Filter {
@@ -236,6 +330,7 @@ impl Recorder {
             kinds: BTreeMap::new(),
             counts: HashMap::new(),
             by_id: by_id.then(HashMap::new),
+            patch: patch::Patch::new(self.patch_from.as_ref(), &self.patch)?,
         })
     }
 
@@ -258,6 +353,7 @@ impl Recorder {
         &self,
         entries: Vec<(String, Tensor)>,
         kinds: BTreeMap<String, String>,
+        patch: Option<patch::Patch>,
     ) -> Result<Run> {
         let entries = entries
             .into_iter()
@@ -282,16 +378,28 @@ impl Recorder {
             input: self.input.clone(),
             kinds,
             tags: self.tags.clone(),
-            extra: Default::default(),
+            extra: self.extra(patch),
         };
         Ok(Run::from_tensors(info, entries, BTreeMap::new()))
+    }
+
+    /// The run facts beyond the fixed ones: `tokens`, `patched`.
+    fn extra(&self, patch: Option<patch::Patch>) -> serde_json::Map<String, serde_json::Value> {
+        let mut extra = serde_json::Map::new();
+        if let Some(t) = &self.tokens {
+            extra.insert("tokens".into(), serde_json::json!(t));
+        }
+        if let Some(p) = patch {
+            extra.insert("patched".into(), p.report());
+        }
+        extra
     }
 
     /// Runs `f` with this recorder active on the current thread; returns its output
     /// and the run of every tensor recorded meanwhile, in capture order.
     pub fn record<T>(&self, f: impl FnOnce() -> candle_core::Result<T>) -> Result<(T, Run)> {
         let (out, c) = self.run_with(self.start(false)?, f)?;
-        let run = self.finish(c.entries, c.kinds)?;
+        let run = self.finish(c.entries, c.kinds, c.patch)?;
         Ok((out, run))
     }
 
@@ -367,7 +475,7 @@ impl Recorder {
         }
         drop(nodes);
         let out = out.detach();
-        let run = self.finish(entries, kinds)?;
+        let run = self.finish(entries, kinds, c.patch)?;
         Ok((out, run))
     }
 }

@@ -17,7 +17,7 @@ use std::ops::Deref;
 use candle_core::{Module, ModuleT, Tensor};
 use candle_nn::VarBuilder;
 
-use super::record_as;
+use super::record_out;
 
 /// A `Module` whose output is recorded under `name`. Derefs to the inner layer.
 #[derive(Debug, Clone)]
@@ -76,17 +76,13 @@ wrapper_impls!(RecordedT);
 
 impl<M: Module> Module for Recorded<M> {
     fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
-        let y = self.inner.forward(xs)?;
-        record_as(&self.name, &self.kind, &y);
-        Ok(y)
+        record_out(&self.name, &self.kind, self.inner.forward(xs)?)
     }
 }
 
 impl<M: ModuleT> ModuleT for RecordedT<M> {
     fn forward_t(&self, xs: &Tensor, train: bool) -> candle_core::Result<Tensor> {
-        let y = self.inner.forward_t(xs, train)?;
-        record_as(&self.name, &self.kind, &y);
-        Ok(y)
+        record_out(&self.name, &self.kind, self.inner.forward_t(xs, train)?)
     }
 }
 
@@ -275,8 +271,7 @@ impl Seq {
     pub fn forward_t(&self, xs: &Tensor, train: bool) -> candle_core::Result<Tensor> {
         let mut xs = xs.clone();
         for (name, kind, layer) in &self.layers {
-            xs = layer.forward_t(&xs, train)?;
-            record_as(name, kind, &xs);
+            xs = record_out(name, kind, layer.forward_t(&xs, train)?)?;
         }
         Ok(xs)
     }
