@@ -16,7 +16,10 @@ be used and tested without torch.
 
 Modules called more than once get ``#2``, ``#3``, ... appended, as in candle
 runs. A module returning a tuple, list or dict has its tensors recorded as
-``name.0``, ``name.1``, ... (or ``name.<key>``). Only modules are seen: a
+``name.0``, ``name.1``, ... (or ``name.<key>``), or, with ``first_tensor=True``,
+as its first tensor under ``name`` (what HF transformers models need: a
+``ModelOutput`` is recorded as its ``last_hidden_state``; see
+``candlelight_hf.py``). Only modules are seen: a
 functional call (``F.relu(x)``) records nothing, so write the reference with
 ``nn.ReLU()`` / ``nn.MaxPool2d(2)`` modules named like the candle layers, or map
 names with ``candlelight diff --map``.
@@ -32,7 +35,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-__all__ = ["FORMAT_VERSION", "Recording", "record", "save_run", "new_run_id"]
+__all__ = ["FORMAT_VERSION", "Recording", "record", "save_run", "new_run_id", "snake_kind"]
 
 #: Run file format version written into ``candlelight.version``.
 FORMAT_VERSION = "1"
@@ -62,8 +65,9 @@ class Recording(OrderedDict):
     """Layer name -> tensor, in capture order, plus what ``save_run`` needs.
 
     Attributes: ``kinds`` (name -> module class name in lower case: ``conv2d``,
-    ``linear``, ``relu``, ``maxpool2d``), ``model``, ``input``, ``output`` (what
-    the model returned).
+    ``linear``, ``relu``, ``maxpool2d``; or what ``record``'s ``kind_of`` says),
+    ``model``, ``input``, ``output`` (what the model returned), ``tokens`` (one
+    list of token strings per sample, or ``None``).
     """
 
     def __init__(self, *args, **kwargs):
@@ -72,16 +76,74 @@ class Recording(OrderedDict):
         self.model = ""
         self.input = ""
         self.output = None
+        self.tokens = None
 
 
-def record(model, *inputs, model_name=None, input="", include_root=False, **kwargs):
+# torch class names whose snake case the plain rule gets wrong (``ReLU`` -> ``re_lu``).
+_KIND_NAMES = {
+    "LayerNorm": "layer_norm",
+    "ReLU": "relu",
+    "ReLU6": "relu6",
+    "LeakyReLU": "leaky_relu",
+    "PReLU": "prelu",
+    "SiLU": "silu",
+    "GELU": "gelu",
+    "RMSNorm": "rms_norm",
+}
+
+
+def snake_kind(module):
+    """The layer kind of ``module`` in candle's style: its class name in snake case
+    (``Linear`` -> ``linear``, ``LayerNorm`` -> ``layer_norm``, ``MaxPool2d`` ->
+    ``max_pool2d``, ``BertSelfAttention`` -> ``bert_self_attention``,
+    ``GELUActivation`` -> ``gelu_activation``)."""
+    name = type(module).__name__
+    if name in _KIND_NAMES:
+        return _KIND_NAMES[name]
+    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "_", name).lower()
+
+
+def _first_tensor(value, is_tensor):
+    """The first tensor in ``value`` (itself, or depth-first in a tuple, list or
+    dict such as a ``ModelOutput``); ``None`` if there is none."""
+    if is_tensor(value):
+        return value
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, (tuple, list)):
+        for v in value:
+            t = _first_tensor(v, is_tensor)
+            if t is not None:
+                return t
+    return None
+
+
+def record(
+    model,
+    *inputs,
+    model_name=None,
+    input="",
+    include_root=False,
+    root_name="output",
+    first_tensor=False,
+    kind_of=None,
+    extra=None,
+    **kwargs
+):
     """Runs ``model(*inputs, **kwargs)`` under ``torch.no_grad()`` with a forward
     hook on every submodule and returns a :class:`Recording` of their outputs
     (detached, on the CPU) in the order they ran.
 
     ``model_name`` defaults to the model's class name in lower case; ``input``
     describes the input; ``include_root`` also records the model's own output
-    under the name ``output``.
+    under ``root_name`` (``output``). ``first_tensor`` records a tuple, list or
+    dict output as its first tensor under the module's name instead of
+    ``name.0``, ``name.1``, ...; outputs holding no tensor are skipped.
+    ``kind_of(module)`` gives the layer kind (default: the class name in lower
+    case; :func:`snake_kind` is candle's style). ``extra(name, module, output)``
+    may return ``(name, kind, tensor)`` triples recorded right after the
+    module's own output (e.g. the attention probabilities a module returns next
+    to its output).
     """
     import torch  # only here: save_run works without torch
 
@@ -89,8 +151,11 @@ def record(model, *inputs, model_name=None, input="", include_root=False, **kwar
     rec.model = model_name or type(model).__name__.lower()
     rec.input = input
     counts = {}
+    kind_of = kind_of or (lambda m: type(m).__name__.lower())
 
     def put(name, kind, value):
+        if first_tensor:
+            value = _first_tensor(value, torch.is_tensor)
         if isinstance(value, torch.Tensor):
             n = counts.get(name, 0) + 1
             counts[name] = n
@@ -110,11 +175,14 @@ def record(model, *inputs, model_name=None, input="", include_root=False, **kwar
         for name, module in model.named_modules():
             if name == "" and not include_root:
                 continue
-            kind = type(module).__name__.lower()
-            label = name or "output"
+            kind = kind_of(module)
+            label = name or root_name
 
-            def hook(_module, _args, output, label=label, kind=kind):
+            def hook(module, _args, output, label=label, kind=kind):
                 put(label, kind, output)
+                if extra is not None:
+                    for n, k, v in extra(label, module, output) or ():
+                        put(n, k, v)
 
             handles.append(module.register_forward_hook(hook))
         with torch.no_grad():
@@ -159,7 +227,9 @@ def _as_array(value):
     return dtype, tuple(arr.shape), arr.tobytes()
 
 
-def save_run(tensors, path_or_dir, model=None, input=None, kinds=None, tags=None, metadata=None):
+def save_run(
+    tensors, path_or_dir, model=None, input=None, kinds=None, tags=None, metadata=None, tokens=None
+):
     """Writes ``tensors`` (name -> numpy array or torch tensor, in capture order;
     a :class:`Recording` or any ordered mapping, or a list of pairs) as a
     version-1 run file and returns its path.
@@ -168,7 +238,9 @@ def save_run(tensors, path_or_dir, model=None, input=None, kinds=None, tags=None
     it exists); anything else is a folder (created if needed) that receives
     ``<run-id>.safetensors``. ``model``, ``input`` and ``kinds`` default to the
     recording's; ``tags`` (str -> str) go into the run facts and ``metadata``
-    (str -> str) into the file's own metadata. The file is written as a dot
+    (str -> str) into the file's own metadata. ``tokens`` (one list of token
+    strings per sample; default: the recording's, if any) goes into the run
+    facts as ``tokens``, so pictures can label token axes. The file is written as a dot
     temp file in the same folder, flushed, fsynced and renamed into place, so a
     reader (or ``candlelight watch``) never sees half a run.
     """
@@ -176,6 +248,11 @@ def save_run(tensors, path_or_dir, model=None, input=None, kinds=None, tags=None
     model = model if model is not None else getattr(tensors, "model", "") or "run"
     input = input if input is not None else getattr(tensors, "input", "")
     kinds = dict(kinds if kinds is not None else getattr(tensors, "kinds", {}))
+    tokens = tokens if tokens is not None else getattr(tensors, "tokens", None)
+    if tokens is not None:
+        if isinstance(tokens, str) or any(isinstance(t, str) for t in tokens):
+            raise ValueError("tokens: expected one list of token strings per sample, got %r" % (tokens,))
+        tokens = [[str(t) for t in sample] for sample in tokens]
 
     names = [n for n, _ in items]
     if len(set(names)) != len(names):
@@ -197,6 +274,8 @@ def save_run(tensors, path_or_dir, model=None, input=None, kinds=None, tags=None
         info["kinds"] = kinds
     if tags:
         info["tags"] = {str(k): str(v) for k, v in tags.items()}
+    if tokens is not None:
+        info["tokens"] = tokens
 
     meta = {str(k): str(v) for k, v in (metadata or {}).items()}
     meta[KEY_VERSION] = FORMAT_VERSION
