@@ -306,12 +306,13 @@ def listing(path):
     return lines
 
 
-def self_check(rec, path, model_dir=None):
+def self_check(rec, path, model_dir=None, model=None):
     """Checks a recording and its run file; returns a list of problems (empty:
     fine). Checked: ``input_ids`` first and ``output`` last; every other layer
     f32; ``output`` equal to ``encoder`` (``last_hidden_state``) and to what the
     model returned; one ``attention_probs`` layer right after each self-attention
-    module, ``[batch, heads, T, T]``, rows summing to 1; tokens match the ids'
+    module (of ``model``, when given), ``[batch, heads, T, T]``, rows summing
+    to 1; tokens match the ids'
     shape (and, with ``model_dir``, transformers' own tokenizer gives the same
     ids and tokens); the file's order, dtypes, shapes and ``tokens`` are the
     recording's."""
@@ -334,6 +335,11 @@ def self_check(rec, path, model_dir=None):
     probs = [n for n in names if n.endswith("." + ATTENTION_PROBS)]
     if not probs:
         bad.append("no %s layers" % ATTENTION_PROBS)
+    if model is not None:
+        classes = _attention_classes(model)
+        owners = [n for n, m in model.named_modules() if _probs_index(classes, m) is not None]
+        if [n + "." + ATTENTION_PROBS for n in owners] != probs:
+            bad.append("%s layers %s, want one per self-attention module %s" % (ATTENTION_PROBS, probs, owners))
     for n in probs:
         owner = n[: -len(ATTENTION_PROBS) - 1]
         p = rec[n]
@@ -415,7 +421,7 @@ def run(args):
         for line in listing(path):
             print(line, file=sys.stderr)
     if args.self_check:
-        bad = self_check(rec, path, args.model_dir)
+        bad = self_check(rec, path, args.model_dir, model)
         for b in bad:
             print("self-check: " + b, file=sys.stderr)
         if bad:
