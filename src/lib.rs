@@ -23,6 +23,9 @@
 #![deny(missing_docs)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 
+// Lets code written for users (`candlelight::Scope`, the instrumented BERT) build inside the crate.
+extern crate self as candlelight;
+
 pub mod diff;
 mod error;
 #[cfg(feature = "render")]

@@ -1,6 +1,10 @@
 //! Models shipped with candlelight, built with the recording layers, and helpers
 //! to give a model deterministic weights.
 
+#[allow(missing_docs, clippy::all)]
+pub mod bert;
+#[cfg(feature = "minilm")]
+pub mod minilm;
 pub mod mnist_cnn;
 pub mod mnist_data;
 pub mod seed_cnn;
