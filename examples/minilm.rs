@@ -28,9 +28,12 @@ struct Args {
     /// Where the run file goes.
     #[arg(long, default_value = "runs")]
     runs: PathBuf,
-    /// Where the gallery goes ("" for none).
+    /// Where the gallery goes.
     #[arg(long, default_value = "galleries")]
     gallery: PathBuf,
+    /// Save the run only, render no gallery.
+    #[arg(long)]
+    no_gallery: bool,
     /// Repeat the sentence to make a batch of this size.
     #[arg(long, default_value_t = 1)]
     batch: usize,
@@ -87,7 +90,7 @@ fn main() -> Result<()> {
     std::fs::create_dir_all(&args.runs).with_context(|| format!("{}", args.runs.display()))?;
     let path = run.save(&args.runs)?;
     println!("run: {}", path.display());
-    if !args.gallery.as_os_str().is_empty() {
+    if !args.no_gallery {
         std::fs::create_dir_all(&args.gallery)
             .with_context(|| format!("{}", args.gallery.display()))?;
         render_gallery(&path, &args.gallery, &GalleryOptions::default())?;
