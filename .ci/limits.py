@@ -53,6 +53,8 @@ def main() -> int:
     for path in sorted((ROOT / "src").rglob("*.rs")):
         lines = path.read_text().splitlines()
         rel = path.relative_to(ROOT)
+        if lines and lines[0].startswith("// Instrumented by candlelight"):
+            continue  # third-party model code rewritten by `candlelight instrument`
         if len(lines) > MAX_FILE:
             bad.append(f"{rel}: {len(lines)} lines (limit {MAX_FILE})")
         for name, start, n in functions(lines):
