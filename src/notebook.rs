@@ -355,7 +355,7 @@ fn diff_html(a: &Run, b: &Run, d: &crate::diff::RunDiff) -> Result<String> {
         let n = l.numbers.as_ref();
         rows.push(context! {
             name => l.label(),
-            status => l.status.label(),
+            status => l.status_label(),
             diverges => l.diverges,
             first => first.as_deref() == Some(l.name()),
             shape_a => l.shape_a.as_deref().map(shape_str).unwrap_or_default(),

@@ -606,3 +606,234 @@ fn f32_against_bf16_recordings_differ_by_the_expected_amount() {
         "f16 compute is visible"
     );
 }
+
+/// Issue 12: a candle port's `[12, 384]` against PyTorch's `[1, 12, 384]`.
+#[test]
+fn shapes_that_differ_by_leading_ones_are_compared_and_noted() {
+    let dir = tempfile::tempdir().unwrap();
+    let v = values(12 * 384, 21);
+    let mut off = v.clone();
+    off[384 + 5] += 0.5;
+    let a = save(
+        dir.path(),
+        "candle",
+        &[
+            ("hidden", vec![12, 384], v.clone()),
+            ("pooled", vec![384], v[..384].to_vec()),
+        ],
+    );
+    let b = save(
+        dir.path(),
+        "torch",
+        &[
+            ("hidden", vec![1, 12, 384], v.clone()),
+            ("pooled", vec![1, 384], v[..384].to_vec()),
+        ],
+    );
+    let out_dir = dir.path().join("gallery");
+    let out = cl_code(&["diff", s(&a), s(&b), "--out", s(&out_dir)], dir.path(), 0);
+    let text = stdout(&out);
+    let row = text.lines().find(|l| l.contains("hidden")).unwrap();
+    assert!(
+        row.contains("[12, 384] vs [1, 12, 384]") && row.ends_with("ok (reshaped)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("2 layers: 2 agree; 2 reshaped (shapes differ only by leading 1s)"),
+        "{text}"
+    );
+    assert!(text.contains("all layers agree"), "{text}");
+    let page = std::fs::read_to_string(out_dir.join("index.html")).unwrap();
+    assert!(page.contains("only leading 1s differ"), "gallery notes it");
+    assert!(page.contains("ok (reshaped)"));
+    let d = json(dir.path(), &["diff", s(&a), s(&b)], 0);
+    assert_eq!(layer(&d, "hidden")["reshaped"], true);
+    assert_eq!(layer(&d, "hidden")["status"], "agree");
+    assert_eq!(layer(&d, "hidden")["numbers"]["max_abs"], 0.0);
+    assert_eq!(d["counts"]["reshaped"], 2);
+
+    // Values that differ still diverge; positions are in A's shape.
+    let c = save(
+        dir.path(),
+        "torch-off",
+        &[("hidden", vec![1, 12, 384], off)],
+    );
+    let d = json(dir.path(), &["diff", s(&a), s(&c), "--ignore-missing"], 1);
+    let h = layer(&d, "hidden");
+    assert_eq!(
+        (h["status"].clone(), h["reshaped"].clone()),
+        ("differ".into(), true.into())
+    );
+    assert_eq!(
+        h["numbers"]["first_mismatch"]["position"],
+        serde_json::json!([1, 5])
+    );
+    let text = stdout(&cl_code(
+        &["diff", s(&a), s(&c), "--ignore-missing"],
+        dir.path(),
+        1,
+    ));
+    assert!(
+        text.contains("first divergence: hidden: 1 of 4608 elements out of tolerance (shape [12, 384] vs [1, 12, 384], positions in A's), first at [1, 5]"),
+        "{text}"
+    );
+    // Leading 1s but another element count: a shape mismatch, as before.
+    let e = save(
+        dir.path(),
+        "torch-two",
+        &[(
+            "pooled",
+            vec![1, 2, 384],
+            [v[..384].to_vec(), v[..384].to_vec()].concat(),
+        )],
+    );
+    let d = json(dir.path(), &["diff", s(&a), s(&e), "--ignore-missing"], 1);
+    assert_eq!(layer(&d, "pooled")["status"], "shape_mismatch");
+    assert_eq!(layer(&d, "pooled")["reshaped"], false);
+}
+
+#[test]
+fn exclude_leaves_layers_out_of_the_comparison() {
+    let dir = tempfile::tempdir().unwrap();
+    let v = values(8, 5);
+    let a = save(
+        dir.path(),
+        "a",
+        &[
+            ("embed", vec![8], v.clone()),
+            ("dropout.0", vec![8], v.clone()),
+            ("blocks.0.attn", vec![8], v.clone()),
+            ("dropout.1", vec![8], v.clone()),
+            ("head", vec![8], v.clone()),
+        ],
+    );
+    let b = save(
+        dir.path(),
+        "b",
+        &[
+            ("embed", vec![8], v.clone()),
+            ("blocks.0.attn", vec![8], vec![0.0; 8]),
+            ("pooler", vec![8], v.clone()),
+            ("head", vec![8], v.clone()),
+        ],
+    );
+    let d = json(dir.path(), &["diff", s(&a), s(&b)], 1);
+    assert_eq!(d["counts"]["only_in_a"], 2);
+    let args = [
+        "diff",
+        s(&a),
+        s(&b),
+        "--exclude",
+        "dropout.*",
+        "--exclude",
+        "*.attn",
+        "--exclude=pooler",
+    ];
+    let text = stdout(&cl_code(&args, dir.path(), 0));
+    assert!(
+        text.contains("2 layers: 2 agree; excluded: 3 in A, 2 in B"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("dropout") && !text.contains("pooler"),
+        "{text}"
+    );
+    let d = json(dir.path(), &args, 0);
+    assert_eq!(
+        (d["excluded_a"].clone(), d["excluded_b"].clone()),
+        (3.into(), 2.into())
+    );
+    assert_eq!(
+        d["exclude"],
+        serde_json::json!(["dropout.*", "*.attn", "pooler"])
+    );
+    assert_eq!(d["layers"].as_array().unwrap().len(), 2);
+    assert_eq!(d["counts"]["only_in_a"], 0);
+    // A bad glob: exit 2, one line.
+    let out = cl_code(
+        &["diff", s(&a), s(&b), "--exclude", "blocks.[0"],
+        dir.path(),
+        2,
+    );
+    let err = stderr(&out);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("bad exclude glob \"blocks.[0\""), "{err}");
+}
+
+#[test]
+fn glob_name_maps_match_a_port_without_a_hand_written_list() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut a_layers, mut b_layers) = (Vec::new(), Vec::new());
+    let names: Vec<(String, String)> = (0..3)
+        .flat_map(|i| {
+            [
+                (
+                    format!("blocks.{i}.attn"),
+                    format!("encoder.layer.{i}.attention.self"),
+                ),
+                (
+                    format!("blocks.{i}.mlp.fc1"),
+                    format!("encoder.layer.{i}.intermediate.dense"),
+                ),
+            ]
+        })
+        .chain([("embed".to_string(), "embeddings".to_string())])
+        .collect();
+    for (k, (na, nb)) in names.iter().enumerate() {
+        let v = values(6, 100 + k as u64);
+        a_layers.push((na.as_str(), vec![6], v.clone()));
+        b_layers.push((nb.as_str(), vec![1, 6], v));
+    }
+    let a = save(dir.path(), "candle", &a_layers);
+    let b = save(dir.path(), "torch", &b_layers);
+    let map = dir.path().join("names.txt");
+    std::fs::write(
+        &map,
+        "# patterns\nblocks.*.attn = encoder.layer.*.attention.self\nblocks.*.mlp.fc1 = encoder.layer.*.intermediate.dense\nembed = embeddings\nblock.*.ln = encoder.layer.*.output.LayerNorm\n",
+    )
+    .unwrap();
+    let out = cl_code(&["diff", s(&a), s(&b), "--map", s(&map)], dir.path(), 0);
+    let text = stdout(&out);
+    assert!(text.contains("7 layers: 7 agree; 7 reshaped"), "{text}");
+    assert!(
+        text.contains("blocks.2.mlp.fc1 -> encoder.layer.2.intermediate.dense"),
+        "{text}"
+    );
+    assert!(
+        stderr(&out).contains("pattern \"block.*.ln\" renames no layer of A"),
+        "{}",
+        stderr(&out)
+    );
+    // The JSON form, the catch-all pattern first: patterns are tried most specific
+    // first whatever their order, and an exact entry beats them all (here, wrongly).
+    let json_map = dir.path().join("names.json");
+    std::fs::write(
+        &json_map,
+        r#"{"rename": {"blocks.**": "encoder.layer.**", "blocks.*.attn": "encoder.layer.*.attention.self", "blocks.*.mlp.fc1": "encoder.layer.*.intermediate.dense", "embed": "embeddings", "blocks.2.attn": "encoder.layer.2.attention"}}"#,
+    )
+    .unwrap();
+    let d = json(
+        dir.path(),
+        &["diff", s(&a), s(&b), "--map", s(&json_map)],
+        1,
+    );
+    // B's layer comes first: it follows its predecessor in B, `blocks.1.mlp.fc1`'s match.
+    assert_eq!(d["first_divergent"], "encoder.layer.2.attention.self");
+    assert_eq!(layer(&d, "blocks.2.attn")["status"], "only_in_a");
+    assert_eq!(
+        layer(&d, "blocks.1.attn")["name_b"],
+        "encoder.layer.1.attention.self"
+    );
+    assert_eq!(d["counts"]["agree"], 6);
+    assert_eq!(d["unused_renames"], serde_json::json!(["blocks.**"]));
+    // Wildcard counts that differ: exit 2, one line naming the line.
+    std::fs::write(
+        &map,
+        "embed = embeddings\nblocks.*.attn = encoder.attention\n",
+    )
+    .unwrap();
+    let out = cl_code(&["diff", s(&a), s(&b), "--map", s(&map)], dir.path(), 2);
+    let err = stderr(&out);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("names.txt") && err.contains("line 2"), "{err}");
+}

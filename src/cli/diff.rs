@@ -24,7 +24,11 @@ pub struct DiffArgs {
     #[arg(long, default_value_t = 1e-4)]
     pub rtol: f64,
     /// Name map file: `A name = B name` lines and `strip_prefix_a: P` /
-    /// `strip_prefix_b: P` lines, or the same as JSON (see the README).
+    /// `strip_prefix_b: P` lines, or the same as JSON (see the README). Names may
+    /// hold wildcards: `blocks.*.attn = encoder.layer.*.attention.self` (`*` within
+    /// one dot-separated segment, `**` across segments; the n-th `*` on the right is
+    /// what the n-th matched on the left; exact names first, then the most specific
+    /// pattern).
     #[arg(long, value_name = "FILE")]
     pub map: Option<PathBuf>,
     /// Strip this prefix from A's layer names before matching (overrides the map file's).
@@ -36,6 +40,11 @@ pub struct DiffArgs {
     /// Layers in only one run are reported but do not count as divergent (exit code).
     #[arg(long)]
     pub ignore_missing: bool,
+    /// Leave out layers whose name (in either run, as stored) matches this glob:
+    /// not compared, not reported as missing. Here `*` matches any characters, dots
+    /// included (`--exclude 'dropout*'`, `--exclude '*.attn.*'`). Repeatable.
+    #[arg(long, value_name = "GLOB")]
+    pub exclude: Vec<String>,
     /// Write a diff gallery (A, B and A - B pictures per layer, HTML page) into DIR.
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
@@ -61,12 +70,17 @@ pub fn run(args: DiffArgs) -> Result<i32> {
         rtol: args.rtol,
         map,
         ignore_missing: args.ignore_missing,
+        exclude: args.exclude.clone(),
     };
     let a = Run::open(&args.a)?;
     let b = Run::open(&args.b)?;
     let d = candlelight::diff(&a, &b, &opts)?;
     for name in &d.unused_renames {
-        eprintln!("note: the name map renames {name:?}, which is not a layer of A");
+        if name.contains('*') {
+            eprintln!("note: the name map pattern {name:?} renames no layer of A");
+        } else {
+            eprintln!("note: the name map renames {name:?}, which is not a layer of A");
+        }
     }
     if let Some(out) = &args.out {
         let page = candlelight::write_diff_gallery(&d, &a, &b, out)
@@ -166,7 +180,7 @@ pub fn table(d: &RunDiff, a: &Path, b: &Path) -> String {
             ),
             None => ("-".into(), "-".into(), "-".into(), "-".into(), "-".into()),
         };
-        let mut status = l.status.label().to_string();
+        let mut status = l.status_label();
         if !l.diverges && l.status != Status::Agree {
             status.push_str(" (ignored)");
         }
@@ -181,21 +195,10 @@ pub fn table(d: &RunDiff, a: &Path, b: &Path) -> String {
     out
 }
 
-/// The lines under the table: counts per status and the first divergence.
+/// The lines under the table: counts per status (reshaped and excluded layers
+/// too) and the first divergence.
 fn summary(d: &RunDiff) -> String {
-    let mut counts = vec![format!("{} agree", d.count(Status::Agree))];
-    for (s, what) in [
-        (Status::Differ, "differ"),
-        (Status::ShapeMismatch, "differ in shape"),
-        (Status::OnlyInA, "only in A"),
-        (Status::OnlyInB, "only in B"),
-    ] {
-        let n = d.count(s);
-        if n > 0 {
-            counts.push(format!("{n} {what}"));
-        }
-    }
-    let mut out = format!("{} layers: {}\n", d.layers.len(), counts.join(", "));
+    let mut out = format!("{}\n", d.summary_line());
     match d.first_divergent() {
         None => out.push_str("all layers agree\n"),
         Some(l) => out.push_str(&format!("first divergence: {}\n", describe(l))),
@@ -218,6 +221,9 @@ fn describe(l: &LayerDiff) -> String {
                 "{name}: {} of {} elements out of tolerance",
                 n.mismatches, n.count
             );
+            if l.reshaped {
+                s.push_str(&format!(" (shape {}, positions in A's)", shapes(l)));
+            }
             if let Some(e) = &n.first_mismatch {
                 s.push_str(&format!(", first at {:?}: A={} B={}", e.position, e.a, e.b));
             }

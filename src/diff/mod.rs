@@ -19,6 +19,28 @@
 //! [`DiffOptions::ignore_missing`] is set). Dtypes may differ (f32 against bf16 is
 //! a main use): values are compared as f32, and the dtypes are reported.
 //!
+//! Shapes that differ **only by leading 1s** (`[12, 384]` against `[1, 12, 384]`,
+//! common between a candle port and PyTorch) hold the same elements in the same
+//! order: they are compared element by element like equal shapes, so such a layer
+//! agrees or differs by its values alone. It is reported all the same
+//! ([`LayerDiff::reshaped`], `reshaped: true` in JSON, `ok (reshaped)` in tables);
+//! element positions are in A's shape. Any other shape difference is a
+//! [`Status::ShapeMismatch`].
+//!
+//! ## Which layers (names, patterns, exclusions)
+//!
+//! Layers are matched by name through [`DiffOptions::map`], a [`NameMap`]: exact
+//! renames, wildcard patterns (`blocks.*.attn = encoder.layer.*.attention.self`:
+//! `*` within one dot-separated segment, `**` across segments, exact entries
+//! first, then patterns most specific first; see [`NameMap`]) and prefixes to
+//! strip. [`DiffOptions::exclude`] leaves layers out entirely: a layer of A or B
+//! whose name, as stored in its own run, matches one of these globs is neither
+//! compared nor reported as missing from the other run; [`RunDiff::excluded_a`]
+//! and [`RunDiff::excluded_b`] count them. Exclude globs are the recorder's
+//! ([`globset`](https://docs.rs/globset) syntax): there `*` matches any characters,
+//! dots included (`blocks.*` excludes `blocks.0.attn`), `?` one character, `[ab]`
+//! a class, `{a,b}` alternatives.
+//!
 //! ## The numbers (over element pairs where both values are finite)
 //!
 //! - `max_abs`: the largest `|a − b|`, computed in f32 like the values themselves;
@@ -45,10 +67,16 @@
 //! assert_eq!(d.first_divergent().map(|l| l.name()), Some("fc"));
 //! let loose = DiffOptions { rtol: 1e-2, ..DiffOptions::default() };
 //! assert!(a.diff_with(&b, &loose)?.agrees());
+//! // Leading 1s: compared element by element, reported, not divergent.
+//! let c = Run::from_named_tensors("c", [("fc".to_string(), x.unsqueeze(0)?)]);
+//! let d = a.diff(&c)?;
+//! assert!(d.agrees() && d.layers[0].reshaped);
+//! // Excluded layers are left out on both sides.
+//! let skip = DiffOptions { exclude: vec!["f*".into()], ..DiffOptions::default() };
+//! assert_eq!(a.diff_with(&b, &skip)?.layers.len(), 0);
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -57,7 +85,10 @@ use serde::{Deserialize, Serialize};
 pub mod gallery;
 mod kernel;
 mod namemap;
+mod pattern;
+mod select;
 
+pub use crate::runfile::same_but_leading_ones;
 pub use namemap::NameMap;
 
 use crate::runfile::{LayerInfo, Run};
@@ -65,7 +96,7 @@ use crate::{Error, Result};
 use kernel::compare_values;
 
 /// How two runs are compared. Defaults: `atol` 1e-5, `rtol` 1e-4, no name map,
-/// missing layers count as divergent.
+/// missing layers count as divergent, nothing excluded.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DiffOptions {
     /// Absolute tolerance (≥ 0).
@@ -76,6 +107,8 @@ pub struct DiffOptions {
     pub map: NameMap,
     /// When set, a layer in only one run is reported but does not make the runs diverge.
     pub ignore_missing: bool,
+    /// Globs of layer names to leave out of the comparison (see the module docs).
+    pub exclude: Vec<String>,
 }
 
 impl Default for DiffOptions {
@@ -85,6 +118,7 @@ impl Default for DiffOptions {
             rtol: 1e-4,
             map: NameMap::default(),
             ignore_missing: false,
+            exclude: Vec::new(),
         }
     }
 }
@@ -93,11 +127,13 @@ impl Default for DiffOptions {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
-    /// Same shape, every element within tolerance.
+    /// Same shape (or differing only by leading 1s), every element within tolerance.
     Agree,
-    /// Same shape, some element out of tolerance (or a NaN/Inf disagreement).
+    /// Same shape (or differing only by leading 1s), some element out of tolerance
+    /// (or a NaN/Inf disagreement).
     Differ,
-    /// Different shapes (numbers are still given when the element counts match).
+    /// Different shapes, not only by leading 1s (numbers are still given when the
+    /// element counts match).
     ShapeMismatch,
     /// Only in run A.
     OnlyInA,
@@ -187,6 +223,10 @@ pub struct LayerDiff {
     pub dtype_b: Option<String>,
     /// The verdict.
     pub status: Status,
+    /// True when the shapes differ only by leading 1s (`[12, 384]` and
+    /// `[1, 12, 384]`): compared element by element like equal shapes (so the
+    /// status is `Agree` or `Differ`), positions given in A's shape.
+    pub reshaped: bool,
     /// Whether this layer makes the runs diverge (status under the options).
     pub diverges: bool,
     /// The numbers, when both sides exist with the same element count.
@@ -208,6 +248,16 @@ impl LayerDiff {
             (Some(a), Some(b)) if a != b => format!("{a} -> {b}"),
             _ => self.name().to_string(),
         }
+    }
+
+    /// The status word for tables ([`Status::label`]), with ` (reshaped)` when
+    /// the shapes differ only by leading 1s.
+    pub fn status_label(&self) -> String {
+        let mut s = self.status.label().to_string();
+        if self.reshaped {
+            s.push_str(" (reshaped)");
+        }
+        s
     }
 
     /// True when both sides exist and their stored dtypes differ.
@@ -257,8 +307,16 @@ pub struct RunDiff {
     /// One entry per layer: A's capture order, each layer only in B placed after
     /// the matched layer that precedes it in B.
     pub layers: Vec<LayerDiff>,
-    /// Rename entries whose A name is not in run A (likely typos).
+    /// Rename entries (their A sides) that rename no layer of A (likely typos): an
+    /// exact name that is not a layer of A, a pattern that matches none of its
+    /// layers or only layers an exact entry or a more specific pattern renames.
     pub unused_renames: Vec<String>,
+    /// The exclude globs used ([`DiffOptions::exclude`]).
+    pub exclude: Vec<String>,
+    /// How many layers of A were excluded (not in [`RunDiff::layers`]).
+    pub excluded_a: usize,
+    /// How many layers of B were excluded.
+    pub excluded_b: usize,
 }
 
 impl RunDiff {
@@ -281,6 +339,43 @@ impl RunDiff {
     pub fn count(&self, status: Status) -> usize {
         self.layers.iter().filter(|l| l.status == status).count()
     }
+
+    /// Number of layers whose shapes differ only by leading 1s ([`LayerDiff::reshaped`]).
+    pub fn reshaped(&self) -> usize {
+        self.layers.iter().filter(|l| l.reshaped).count()
+    }
+
+    /// One line of counts: `12 layers: 10 agree, 2 differ`, then, when there are
+    /// any, `; 1 reshaped (shapes differ only by leading 1s)` and
+    /// `; excluded: 3 in A, 4 in B`.
+    pub fn summary_line(&self) -> String {
+        let mut counts = vec![format!("{} agree", self.count(Status::Agree))];
+        for (s, what) in [
+            (Status::Differ, "differ"),
+            (Status::ShapeMismatch, "differ in shape"),
+            (Status::OnlyInA, "only in A"),
+            (Status::OnlyInB, "only in B"),
+        ] {
+            let n = self.count(s);
+            if n > 0 {
+                counts.push(format!("{n} {what}"));
+            }
+        }
+        let mut out = format!("{} layers: {}", self.layers.len(), counts.join(", "));
+        if self.reshaped() > 0 {
+            out.push_str(&format!(
+                "; {} reshaped (shapes differ only by leading 1s)",
+                self.reshaped()
+            ));
+        }
+        if self.excluded_a + self.excluded_b > 0 {
+            out.push_str(&format!(
+                "; excluded: {} in A, {} in B",
+                self.excluded_a, self.excluded_b
+            ));
+        }
+        out
+    }
 }
 
 impl Serialize for RunDiff {
@@ -292,6 +387,7 @@ impl Serialize for RunDiff {
             shape_mismatch: usize,
             only_in_a: usize,
             only_in_b: usize,
+            reshaped: usize,
         }
         #[derive(Serialize)]
         struct Out<'a> {
@@ -304,6 +400,9 @@ impl Serialize for RunDiff {
             ignore_missing: bool,
             counts: Counts,
             unused_renames: &'a [String],
+            exclude: &'a [String],
+            excluded_a: usize,
+            excluded_b: usize,
             layers: &'a [LayerDiff],
         }
         Out {
@@ -320,8 +419,12 @@ impl Serialize for RunDiff {
                 shape_mismatch: self.count(Status::ShapeMismatch),
                 only_in_a: self.count(Status::OnlyInA),
                 only_in_b: self.count(Status::OnlyInB),
+                reshaped: self.reshaped(),
             },
             unused_renames: &self.unused_renames,
+            exclude: &self.exclude,
+            excluded_a: self.excluded_a,
+            excluded_b: self.excluded_b,
             layers: &self.layers,
         }
         .serialize(s)
@@ -361,8 +464,8 @@ impl Run {
 }
 
 /// Compares run `a` with run `b` (the reference), layer by layer; see the module docs.
-/// Errors only on bad options, a name map that makes two layers collide, or a
-/// layer whose data cannot be read.
+/// Errors only on bad options (a bad name-map entry or exclude glob included), a
+/// name map that makes two layers collide, or a layer whose data cannot be read.
 pub fn diff(a: &Run, b: &Run, opts: &DiffOptions) -> Result<RunDiff> {
     for (what, v) in [("atol", opts.atol), ("rtol", opts.rtol)] {
         if !(v.is_finite() && v >= 0.0) {
@@ -371,9 +474,9 @@ pub fn diff(a: &Run, b: &Run, opts: &DiffOptions) -> Result<RunDiff> {
             )));
         }
     }
-    let (rows, unused_renames) = match_layers(a, b, &opts.map)?;
-    let mut layers = Vec::with_capacity(rows.len());
-    for (ia, ib) in rows {
+    let sel = select::select(a, b, opts)?;
+    let mut layers = Vec::with_capacity(sel.rows.len());
+    for (ia, ib) in sel.rows {
         layers.push(compare_layer(a, ia, b, ib, opts)?);
     }
     Ok(RunDiff {
@@ -383,95 +486,11 @@ pub fn diff(a: &Run, b: &Run, opts: &DiffOptions) -> Result<RunDiff> {
         rtol: opts.rtol,
         ignore_missing: opts.ignore_missing,
         layers,
-        unused_renames,
+        unused_renames: sel.unused_renames,
+        exclude: opts.exclude.clone(),
+        excluded_a: sel.excluded_a,
+        excluded_b: sel.excluded_b,
     })
-}
-
-/// True when shapes `a` and `b` differ only by leading 1s (`[12, 384]` and
-/// `[1, 12, 384]`): same elements in the same order.
-pub fn same_but_leading_ones(a: &[usize], b: &[usize]) -> bool {
-    let trim = |s: &[usize]| -> usize { s.iter().take_while(|&&d| d == 1).count() };
-    a[trim(a)..] == b[trim(b)..]
-}
-
-fn where_(run: &Run, side: &str) -> String {
-    match run.path() {
-        Some(p) => p.display().to_string(),
-        None => format!("run {side} ({})", run.id()),
-    }
-}
-
-/// Pairs of (A index, B index) in display order, and rename keys not found in A.
-#[allow(clippy::type_complexity)]
-fn match_layers(
-    a: &Run,
-    b: &Run,
-    map: &NameMap,
-) -> Result<(Vec<(Option<usize>, Option<usize>)>, Vec<String>)> {
-    let mut b_by_key: HashMap<&str, usize> = HashMap::with_capacity(b.len());
-    for l in b.layers() {
-        let key = map.key_b(&l.name);
-        if let Some(&other) = b_by_key.get(key) {
-            return Err(Error::option(format!(
-                "{}: layers {:?} and {:?} both become {key:?} after stripping prefix {:?}",
-                where_(b, "B"),
-                b.layers()[other].name,
-                l.name,
-                map.strip_prefix_b.as_deref().unwrap_or("")
-            )));
-        }
-        b_by_key.insert(key, l.index);
-    }
-    let mut a_by_key: HashMap<&str, usize> = HashMap::with_capacity(a.len());
-    let mut a_to_b: Vec<Option<usize>> = Vec::with_capacity(a.len());
-    for l in a.layers() {
-        let key = map.key_a(&l.name);
-        if let Some(&other) = a_by_key.get(key) {
-            return Err(Error::option(format!(
-                "{}: layers {:?} and {:?} both map to B name {key:?} through the name map",
-                where_(a, "A"),
-                a.layers()[other].name,
-                l.name
-            )));
-        }
-        a_by_key.insert(key, l.index);
-        a_to_b.push(b_by_key.get(key).copied());
-    }
-    let unused_renames = map
-        .rename
-        .keys()
-        .filter(|k| a.layer(k).is_none())
-        .cloned()
-        .collect();
-
-    // B-only layers go after the matched layer that precedes them in B's order.
-    let mut b_matched = vec![None; b.len()];
-    for (ia, ib) in a_to_b.iter().enumerate() {
-        if let Some(ib) = ib {
-            b_matched[*ib] = Some(ia);
-        }
-    }
-    let mut before_all = Vec::new();
-    let mut after: HashMap<usize, Vec<usize>> = HashMap::new();
-    let mut anchor: Option<usize> = None;
-    for (ib, m) in b_matched.iter().enumerate() {
-        match m {
-            Some(ia) => anchor = Some(*ia),
-            None => match anchor {
-                Some(ia) => after.entry(ia).or_default().push(ib),
-                None => before_all.push(ib),
-            },
-        }
-    }
-    let mut rows: Vec<(Option<usize>, Option<usize>)> =
-        before_all.into_iter().map(|ib| (None, Some(ib))).collect();
-    for (ia, ib) in a_to_b.into_iter().enumerate() {
-        rows.push((Some(ia), ib));
-        if let Some(extra) = after.remove(&ia) {
-            rows.extend(extra.into_iter().map(|ib| (None, Some(ib))));
-        }
-    }
-    Ok((rows, unused_renames))
 }
 
 fn compare_layer(
@@ -496,6 +515,7 @@ fn compare_layer(
         dtype_a: la.map(|l| l.dtype.to_string()),
         dtype_b: lb.map(|l| l.dtype.to_string()),
         status: Status::Agree,
+        reshaped: false,
         diverges: false,
         numbers: None,
     };
@@ -511,7 +531,8 @@ fn compare_layer(
     if la.elem_count() == lb.elem_count() {
         d.numbers = Some(compare_values(a, la, b, lb, opts)?);
     }
-    d.status = if la.shape != lb.shape {
+    d.reshaped = la.shape != lb.shape && same_but_leading_ones(&la.shape, &lb.shape);
+    d.status = if la.shape != lb.shape && !d.reshaped {
         Status::ShapeMismatch
     } else if d.numbers.as_ref().is_some_and(|n| n.mismatches > 0) {
         Status::Differ

@@ -1,4 +1,5 @@
-//! The kernel against a direct loop, NaN/Inf rules, name maps.
+//! The kernel against a direct loop, NaN/Inf rules, name maps (patterns,
+//! exclusions), shapes that differ by leading 1s.
 
 use super::kernel::*;
 use super::*;
@@ -202,11 +203,13 @@ fn name_maps_parse_from_text_and_json() {
     assert_eq!(m.rename["features.0"], "conv1");
     assert_eq!(m.rename["relu#2"], "act.2");
     assert_eq!(m.strip_prefix_a.as_deref(), Some("model."));
-    assert_eq!(m.key_a("model.fc"), "fc");
-    assert_eq!(m.key_a("features.0"), "conv1");
+    let c = m.compile().unwrap();
+    assert_eq!(c.key_a("model.fc").0, "fc");
+    assert_eq!(c.key_a("features.0"), ("conv1".into(), Some("features.0")));
     let j = NameMap::parse(r#"{"rename": {"a": "b"}, "strip_prefix_b": "net."}"#).unwrap();
-    assert_eq!(j.key_a("a"), "b");
-    assert_eq!(j.key_b("net.b"), "b");
+    let c = j.compile().unwrap();
+    assert_eq!(c.key_a("a").0, "b");
+    assert_eq!(c.key_b("net.b"), "b");
     assert!(NameMap::parse("x = \n")
         .unwrap_err()
         .to_string()
@@ -228,4 +231,286 @@ fn unravel_is_row_major() {
     assert_eq!(unravel(23, &[2, 3, 4]), vec![1, 2, 3]);
     assert_eq!(unravel(5, &[2, 3, 4]), vec![0, 1, 1]);
     assert_eq!(unravel(0, &[]), vec![0]);
+}
+
+#[test]
+fn patterns_capture_and_substitute_and_exact_entries_win() {
+    let m = NameMap::parse(
+        "blocks.*.attn = encoder.layer.*.attention.self\n\
+         blocks.0.attn = embeddings.first\n\
+         blocks.*.mlp.fc* = encoder.layer.*.mlp.*\n\
+         head.** = net.cls.**\n\
+         strip_prefix_b: net.\n",
+    )
+    .unwrap();
+    let c = m.compile().unwrap();
+    let key = |n| c.key_a(n);
+    assert_eq!(
+        key("blocks.11.attn"),
+        (
+            "encoder.layer.11.attention.self".into(),
+            Some("blocks.*.attn")
+        )
+    );
+    assert_eq!(
+        key("blocks.0.attn"),
+        ("embeddings.first".into(), Some("blocks.0.attn")),
+        "the exact entry wins over the pattern"
+    );
+    assert_eq!(key("blocks.2.mlp.fc1").0, "encoder.layer.2.mlp.1");
+    assert_eq!(
+        key("head.dense.out").0,
+        "cls.dense.out",
+        "** spans segments; B's prefix stripped from the result"
+    );
+    // `*` stays within a segment: not a match, so the name is kept.
+    assert_eq!(key("blocks.1.2.attn"), ("blocks.1.2.attn".into(), None));
+}
+
+#[test]
+fn the_most_specific_pattern_is_tried_first_whatever_the_order() {
+    let texts = [
+        "blocks.* = x.*\nblocks.*.attn = y.*\nblocks.*.attn.* = z.*.*\n",
+        "blocks.*.attn.* = z.*.*\nblocks.*.attn = y.*\nblocks.* = x.*\n",
+    ];
+    for t in texts {
+        let m = NameMap::parse(t).unwrap();
+        let c = m.compile().unwrap();
+        assert_eq!(c.key_a("blocks.1.attn").0, "y.1", "{t}");
+        assert_eq!(c.key_a("blocks.1.attn.q").0, "z.1.q", "{t}");
+        assert_eq!(c.key_a("blocks.1").0, "x.1", "{t}");
+    }
+    // As many literal characters: fewer wildcards first (`x**` before `*.*`, though
+    // `*.*` sorts first as text), then by the A side's text (`**.b` before `a.**`).
+    let key = |text: &str, name: &str| {
+        let m = NameMap::parse(text).unwrap();
+        let c = m.compile().unwrap();
+        c.key_a(name).0.into_owned()
+    };
+    assert_eq!(key("*.* = p.*.*\nx** = q.*\n", "x.y"), "q..y");
+    assert_eq!(key("a.** = p.*\n**.b = r.*\n", "a.x.b"), "r.a.x");
+    assert_eq!(
+        key("a.** = p.*\n**.b = r.*\na.*.* = q.*.*\n", "a.x.b"),
+        "q.x.b"
+    );
+}
+
+#[test]
+fn wildcard_counts_must_agree_and_errors_name_the_line() {
+    let e = NameMap::parse("x = y\n# note\nblocks.*.attn = encoder.attention\n")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("line 3") && e.contains("1 wildcard(s) on the left but 0"),
+        "{e}"
+    );
+    assert_eq!(e.lines().count(), 1);
+    let e = NameMap::parse("fc = net.*\n").unwrap_err().to_string();
+    assert!(e.contains("line 1") && e.contains("0 wildcard(s)"), "{e}");
+    let e = NameMap::parse("a.*** = b.*.*\n").unwrap_err().to_string();
+    assert!(e.contains("line 1") && e.contains("side by side"), "{e}");
+    let e = NameMap::parse(r#"{"rename": {"ok": "fine", "h.*.mlp": "m"}}"#)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("\"h.*.mlp\"") && e.contains("wildcard"), "{e}");
+    // Built in code: checked when the diff starts.
+    let mut map = NameMap::default();
+    map.rename.insert("h.*".into(), "m.*.*".into());
+    let x = candle_core::Tensor::new(&[1f32], &candle_core::Device::Cpu).unwrap();
+    let r = Run::from_named_tensors("r", [("h.0".to_string(), x)]);
+    let opts = DiffOptions {
+        map,
+        ..DiffOptions::default()
+    };
+    let e = r.diff_with(&r, &opts).unwrap_err().to_string();
+    assert!(e.contains("\"h.*\"") && e.contains("2 on the right"), "{e}");
+}
+
+fn run(name: &str, layers: &[(&str, &[usize], &[f32])]) -> Run {
+    let dev = candle_core::Device::Cpu;
+    Run::from_named_tensors(
+        name,
+        layers.iter().map(|(n, shape, v)| {
+            (
+                n.to_string(),
+                candle_core::Tensor::from_vec(v.to_vec(), shape.to_vec(), &dev).unwrap(),
+            )
+        }),
+    )
+}
+
+#[test]
+fn leading_ones_are_compared_like_equal_shapes() {
+    let v: Vec<f32> = (0..6).map(|i| i as f32).collect();
+    let mut w = v.clone();
+    w[4] += 1.0;
+    let a = run(
+        "a",
+        &[
+            ("same", &[2, 3], &v),
+            ("off", &[2, 3], &v),
+            ("flat", &[2, 3], &v),
+            ("order", &[2, 3], &v),
+        ],
+    );
+    let b = run(
+        "b",
+        &[
+            ("same", &[1, 1, 2, 3], &v),
+            ("off", &[1, 2, 3], &w),
+            ("flat", &[1, 6], &v),
+            ("order", &[3, 2], &v),
+        ],
+    );
+    let d = a.diff(&b).unwrap();
+    let l = |n: &str| d.layers.iter().find(|l| l.name() == n).unwrap();
+    assert_eq!(
+        (l("same").status, l("same").reshaped, l("same").diverges),
+        (Status::Agree, true, false)
+    );
+    assert_eq!(l("same").status_label(), "ok (reshaped)");
+    let off = l("off");
+    assert_eq!(
+        (off.status, off.reshaped, off.diverges),
+        (Status::Differ, true, true)
+    );
+    let n = off.numbers.as_ref().unwrap();
+    assert_eq!(
+        n.first_mismatch.as_ref().unwrap().position,
+        vec![1, 1],
+        "in A's shape"
+    );
+    assert_eq!(n.worst.as_ref().unwrap().position, vec![1, 1]);
+    for name in ["flat", "order"] {
+        assert_eq!(
+            (l(name).status, l(name).reshaped),
+            (Status::ShapeMismatch, false)
+        );
+    }
+    assert_eq!(d.reshaped(), 2);
+    assert!(
+        d.summary_line().contains("; 2 reshaped"),
+        "{}",
+        d.summary_line()
+    );
+    let json = serde_json::to_value(&d).unwrap();
+    assert_eq!(json["counts"]["reshaped"], 2);
+    assert_eq!(json["layers"][0]["reshaped"], true);
+}
+
+#[test]
+fn leading_ones_with_other_element_counts_stay_a_shape_mismatch() {
+    let v: Vec<f32> = (0..12).map(|i| i as f32).collect();
+    let a = run("a", &[("x", &[12], &v), ("y", &[1, 1, 4], &v[..4])]);
+    let b = run(
+        "b",
+        &[
+            ("x", &[1, 2, 12], &[v.clone(), v.clone()].concat()),
+            ("y", &[1, 4, 1], &v[..4]),
+        ],
+    );
+    let d = a.diff(&b).unwrap();
+    for l in &d.layers {
+        assert_eq!(
+            (l.status, l.reshaped, l.diverges),
+            (Status::ShapeMismatch, false, true),
+            "{}",
+            l.name()
+        );
+    }
+    assert!(d.layers[0].numbers.is_none());
+    assert!(!same_but_leading_ones(&[1, 4], &[4, 1]));
+    assert!(same_but_leading_ones(&[12, 384], &[1, 12, 384]));
+}
+
+#[test]
+fn excluded_layers_are_left_out_on_both_sides() {
+    let v = [1f32, 2.0];
+    let a = run(
+        "a",
+        &[
+            ("embed", &[2], &v),
+            ("dropout.0", &[2], &v),
+            ("blocks.0.attn", &[2], &v),
+            ("head", &[2], &v),
+        ],
+    );
+    let b = run(
+        "b",
+        &[
+            ("embed", &[2], &v),
+            ("blocks.0.attn", &[2], &[9.0, 9.0]),
+            ("pooler", &[2], &v),
+            ("head", &[2], &v),
+        ],
+    );
+    let opts = DiffOptions {
+        exclude: vec!["dropout*".into(), "*.attn".into(), "pooler".into()],
+        ..DiffOptions::default()
+    };
+    let d = a.diff_with(&b, &opts).unwrap();
+    assert!(d.agrees(), "{:?}", d.first_divergent());
+    let names: Vec<&str> = d.layers.iter().map(LayerDiff::name).collect();
+    assert_eq!(names, ["embed", "head"]);
+    assert_eq!((d.excluded_a, d.excluded_b), (2, 2));
+    assert_eq!(
+        d.layers[1].index_a,
+        Some(3),
+        "capture positions of the whole run"
+    );
+    assert!(
+        d.summary_line().ends_with("; excluded: 2 in A, 2 in B"),
+        "{}",
+        d.summary_line()
+    );
+    let json = serde_json::to_value(&d).unwrap();
+    assert_eq!(
+        (json["excluded_a"].clone(), json["excluded_b"].clone()),
+        (2.into(), 2.into())
+    );
+    assert_eq!(json["exclude"][0], "dropout*");
+    // Without the exclusions the same runs diverge.
+    assert!(!a.diff(&b).unwrap().agrees());
+    // A bad glob is an option error.
+    let bad = DiffOptions {
+        exclude: vec!["a[".into()],
+        ..DiffOptions::default()
+    };
+    let e = a.diff_with(&b, &bad).unwrap_err().to_string();
+    assert!(e.contains("bad exclude glob \"a[\""), "{e}");
+}
+
+#[test]
+fn unused_patterns_are_reported_and_excluded_layers_use_renames() {
+    let v = [1f32];
+    let a = run(
+        "a",
+        &[
+            ("blocks.0.attn", &[1], &v),
+            ("blocks.1.attn", &[1], &v),
+            ("tmp", &[1], &v),
+        ],
+    );
+    let b = run(
+        "b",
+        &[
+            ("layer.0.attention", &[1], &v),
+            ("layer.1.attention", &[1], &v),
+        ],
+    );
+    let m = NameMap::parse(
+        "blocks.*.attn = layer.*.attention\nblocks.1.attn = layer.1.attention\n\
+         blokcs.*.attn = layer.*.x\nblocks.** = shadowed.**\ntmp = gone\n",
+    )
+    .unwrap();
+    let opts = DiffOptions {
+        map: m,
+        exclude: vec!["tmp".into()],
+        ..DiffOptions::default()
+    };
+    let d = a.diff_with(&b, &opts).unwrap();
+    assert!(d.agrees(), "{:?}", d.first_divergent());
+    // `blocks.**` matches A's layers, but the more specific pattern takes them;
+    // `tmp` is excluded yet a layer of A: its rename is not a typo.
+    assert_eq!(d.unused_renames, ["blocks.**", "blokcs.*.attn"]);
 }

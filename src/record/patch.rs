@@ -78,7 +78,7 @@ fn fit(t: Tensor, dims: &[usize]) -> std::result::Result<Tensor, String> {
     if t.dims() == dims {
         return Ok(t);
     }
-    if crate::diff::same_but_leading_ones(t.dims(), dims) {
+    if crate::runfile::same_but_leading_ones(t.dims(), dims) {
         return t.reshape(dims).map_err(|e| e.to_string());
     }
     Err(format!(

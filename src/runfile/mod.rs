@@ -108,6 +108,15 @@ pub fn shape_str(shape: &[usize]) -> String {
     format!("[{}]", dims.join(", "))
 }
 
+/// True when shapes `a` and `b` differ only by leading 1s (`[12, 384]` and
+/// `[1, 12, 384]`): same elements in the same order. Diff compares such layers
+/// element by element; patching reshapes one into the other. (Here, in the
+/// run-file layer, so both can use it; public as `candlelight::diff::same_but_leading_ones`.)
+pub fn same_but_leading_ones(a: &[usize], b: &[usize]) -> bool {
+    let trim = |s: &[usize]| -> usize { s.iter().take_while(|&&d| d == 1).count() };
+    a[trim(a)..] == b[trim(b)..]
+}
+
 enum Store {
     /// Recorded in this process: candle tensors (shared handles).
     Memory(Vec<Tensor>),

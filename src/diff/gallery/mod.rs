@@ -93,7 +93,7 @@ struct Row {
     anchor: String,
     label: String,
     kind: String,
-    status: &'static str,
+    status: String,
     status_class: &'static str,
     diverges: bool,
     first: bool,
@@ -159,7 +159,7 @@ fn render_rows(d: &RunDiff, a: &Run, b: &Run, dir: &Path) -> Result<Vec<Row>> {
             anchor: format!("layer-{i}"),
             label: l.label(),
             kind: l.kind.clone().unwrap_or_default(),
-            status: l.status.label(),
+            status: l.status_label(),
             status_class: match l.status {
                 Status::Agree => "agree",
                 _ if !l.diverges => "ignored",
@@ -168,6 +168,11 @@ fn render_rows(d: &RunDiff, a: &Run, b: &Run, dir: &Path) -> Result<Vec<Row>> {
             diverges: l.diverges,
             first: first == Some(i),
             shape: match (&l.shape_a, &l.shape_b) {
+                (Some(x), Some(y)) if l.reshaped => format!(
+                    "{} vs {} (only leading 1s differ: compared element by element, positions in A's shape)",
+                    shape_str(x),
+                    shape_str(y)
+                ),
                 (Some(x), Some(y)) if x != y => format!("{} vs {}", shape_str(x), shape_str(y)),
                 (Some(x), _) | (None, Some(x)) => shape_str(x),
                 (None, None) => "-".into(),
@@ -472,21 +477,9 @@ fn page_html(d: &RunDiff, rows: &[Row]) -> Result<String> {
             .map(|p| p.display().to_string())
             .unwrap_or_else(|| format!("(in memory) {}", s.id))
     };
-    let mut counts = vec![format!("{} agree", d.count(Status::Agree))];
-    for (s, what) in [
-        (Status::Differ, "differ"),
-        (Status::ShapeMismatch, "differ in shape"),
-        (Status::OnlyInA, "only in A"),
-        (Status::OnlyInB, "only in B"),
-    ] {
-        if d.count(s) > 0 {
-            counts.push(format!("{} {what}", d.count(s)));
-        }
-    }
     let summary = format!(
-        "{} layers: {}{}",
-        d.layers.len(),
-        counts.join(", "),
+        "{}{}",
+        d.summary_line(),
         if d.agrees() { " — all agree" } else { "" }
     );
     pages::page(
@@ -499,6 +492,7 @@ fn page_html(d: &RunDiff, rows: &[Row]) -> Result<String> {
         atol => format!("{:e}", d.atol),
         rtol => format!("{:e}", d.rtol),
         ignore_missing => d.ignore_missing,
+        exclude => d.exclude.join(", "),
         summary => summary,
         first => rows.iter().find(|r| r.first),
         rows => rows,
