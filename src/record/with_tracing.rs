@@ -11,7 +11,7 @@
 //! (`candlelight instrument` does that and more: see the README.) Layers built from
 //! bare weights (`Linear::from_weights`, `LayerNorm::new`, ...) have no path and
 //! record nothing. Every type derefs to the candle layer it wraps.
-//! [`QMatMul::new`] takes candle-transformers' quantized `VarBuilder` and exists
+//! `QMatMul::new` takes candle-transformers' quantized `VarBuilder` and exists
 //! with the `transformers` feature.
 
 use std::ops::Deref;
