@@ -62,7 +62,7 @@ pub use render::{encode_png, render_layer, render_tensor, Colormap, RenderOption
 pub use runfile::{
     shape_str, LayerInfo, Run, RunInfo, EXTENSION, FORMAT_VERSION, KEY_ORDER, KEY_RUN, KEY_VERSION,
 };
-pub use stats::Stats;
+pub use stats::{Activity, Stats};
 pub use values::LayerData;
 
 /// Re-exported so users name dtypes without another dependency.

@@ -115,7 +115,7 @@ impl Run {
                 shape => l.shape_str(),
                 dtype => l.dtype.to_string(),
                 stats => stats_ctx(&stats),
-                dead => l.kind.as_deref().is_some_and(|k| k.contains("relu")).then(|| format!("{:.0}% dead", stats.zero_fraction * 100.0)),
+                dead => stats.min.is_finite().then(|| crate::Activity::of(&data, &l.shape, stats.min)).flatten().and_then(|a| a.describe()),
                 thumb => thumb,
             });
         }
@@ -493,7 +493,13 @@ mod tests {
         assert_eq!(h.0.matches("data:image/png;base64,").count(), 2);
         assert!(h.0.contains("conv&lt;1&gt;") && !h.0.contains("conv<1>"));
         assert!(h.0.contains("nb&lt;test&gt;"));
-        assert!(h.0.contains("% dead"));
+        assert!(!h.0.contains("never active"), "every channel fires here");
+        let z = Tensor::zeros((2, 3), candle_core::DType::F32, &Device::Cpu).unwrap();
+        let (_, run) = Recorder::new("z").record(|| tap("zeros", &z)).unwrap();
+        let h = run.to_html().unwrap();
+        assert!(h
+            .0
+            .contains("3 of 3 units never active across 2 recorded samples"));
     }
 
     #[test]

@@ -172,6 +172,82 @@ impl Stats {
     }
 }
 
+/// Which units of a non-negative layer never fire: the honest form of "dead ReLU".
+///
+/// A unit is a channel of `[N, C, ...]` (rank ≥ 4), a feature of `[N, D]` or of
+/// `[N, T, D]` (the last axis). It is **never active** when none of its values is
+/// positive in any recorded sample (or position). Measured only for layers with no
+/// negative value (ReLU outputs, pooling after them, probabilities, counts...), where
+/// "not positive" means "zero"; the share of zeros alone is sparsity, not death.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Activity {
+    /// The unit axis (1 for channels, the last axis for features).
+    pub axis: usize,
+    /// What a unit is: `channels` (rank ≥ 4) or `units`.
+    pub unit: &'static str,
+    /// Number of units.
+    pub units: usize,
+    /// Number of samples the verdict covers (dimension 0).
+    pub samples: usize,
+    /// The units never active, in order.
+    pub never_active: Vec<usize>,
+}
+
+impl Activity {
+    /// The units of a layer of `shape` whose smallest value is `min`; `None` when
+    /// the layer has negative values, no unit axis (rank < 2) or nothing in it.
+    pub fn of(data: &LayerData<'_>, shape: &[usize], min: f64) -> Option<Activity> {
+        let n: usize = shape.iter().product();
+        if shape.len() < 2 || n == 0 || !(min >= 0.0) {
+            return None;
+        }
+        let axis = if shape.len() >= 4 { 1 } else { shape.len() - 1 };
+        let units = shape[axis];
+        let inner: usize = shape[axis + 1..].iter().product();
+        let mut active = vec![false; units];
+        data.for_each_chunk(CHUNK, |start, c| {
+            for (k, &v) in c.iter().enumerate() {
+                if v > 0.0 {
+                    active[((start + k) / inner) % units] = true;
+                }
+            }
+        });
+        Some(Activity {
+            axis,
+            unit: if shape.len() >= 4 {
+                "channels"
+            } else {
+                "units"
+            },
+            units,
+            samples: shape[0],
+            never_active: (0..units).filter(|&u| !active[u]).collect(),
+        })
+    }
+
+    /// `3 of 64 channels never active across 10 samples`, or `None` when all fired.
+    pub fn describe(&self) -> Option<String> {
+        if self.never_active.is_empty() {
+            return None;
+        }
+        let what = if self.axis == 1 && self.units > 0 {
+            "channels"
+        } else {
+            "units"
+        };
+        let samples = match self.samples {
+            1 => "the 1 recorded sample".to_string(),
+            n => format!("{n} recorded samples"),
+        };
+        Some(format!(
+            "{} of {} {} never active across {samples}",
+            self.never_active.len(),
+            self.units,
+            self.unit
+        ))
+    }
+}
+
 impl crate::Run {
     /// Statistics of layer `name`.
     pub fn stats(&self, name: &str) -> crate::Result<Stats> {
@@ -190,6 +266,30 @@ impl crate::Run {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn never_active_units_are_found_per_channel_and_per_feature() {
+        // [N=2, C=3, H=1, W=2]: channel 1 is zero in both samples, channel 2 fires once.
+        let v = [1., 0., 0., 0., 0., 0., 0., 2., 0., 0., 3., 0.];
+        let a = Activity::of(&LayerData::from_f32(v.to_vec()), &[2, 3, 1, 2], 0.0).unwrap();
+        assert_eq!((a.axis, a.units, a.samples), (1, 3, 2));
+        assert_eq!(a.never_active, [1]);
+        assert_eq!(
+            a.describe().unwrap(),
+            "1 of 3 channels never active across 2 recorded samples"
+        );
+        // [N=1, T=2, D=3]: feature 0 never positive.
+        let v = [0., 1., 0., 0., 0., 5.];
+        let a = Activity::of(&LayerData::from_f32(v.to_vec()), &[1, 2, 3], 0.0).unwrap();
+        assert_eq!((a.axis, a.never_active.clone()), (2, vec![0]));
+        // Negative values: not a non-negative layer, no verdict; all active: no note.
+        assert!(Activity::of(&LayerData::from_f32(vec![-1., 1.]), &[1, 2], -1.0).is_none());
+        let a = Activity::of(&LayerData::from_f32(vec![1., 1.]), &[1, 2], 1.0).unwrap();
+        assert_eq!(a.describe(), None);
+        // A layer of zeros is entirely inactive, whatever its kind.
+        let a = Activity::of(&LayerData::from_f32(vec![0.; 8]), &[2, 4], 0.0).unwrap();
+        assert_eq!(a.never_active.len(), 4);
+    }
 
     #[test]
     fn matches_a_direct_computation() {

@@ -109,11 +109,21 @@ fn render_writes_the_documented_layout() {
     // relu(arange(-8, 8)): 9 of 16 values are zero.
     assert!((relu["zero_fraction"].as_f64().unwrap() - 9.0 / 16.0).abs() < 1e-12);
     let page = std::fs::read_to_string(g.join("index.html")).unwrap();
-    let dead = format!("{:.1}%", 9.0 / 16.0 * 100.0);
+    let sparsity = format!("{:.1}%", 9.0 / 16.0 * 100.0);
     assert!(
-        page.contains("dead (zero)") && page.contains(&dead),
-        "dead-ReLU share shown"
+        page.contains("sparsity (zeros)") && page.contains(&sparsity),
+        "zero share shown as sparsity"
     );
+    // Channels 0 and 1 (values -8..-1) never fire; conv has negative values: no verdict.
+    let note = "2 of 4 channels never active across the 1 recorded sample";
+    assert_eq!(
+        page.matches(note).count(),
+        2,
+        "on the card and in the alert"
+    );
+    assert_eq!(relu["activity"]["never_active"], serde_json::json!([0, 1]));
+    assert!(stats["layers"][0].get("activity").is_none());
+    assert!(!page.contains("dead ReLU"));
     // Capture order on the page.
     assert!(page.find("000-conv.png").unwrap() < page.find("001-relu.png").unwrap());
     // No leftover staging folders; rendering again replaces the gallery.

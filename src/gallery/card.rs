@@ -14,7 +14,7 @@ use crate::render::{self, Colormap, Histogram, LayoutKind, Picture, RenderOption
 use crate::runfile::LayerInfo;
 use crate::staging::absolute;
 use crate::values::LayerData;
-use crate::{Error, Result, Run, Stats};
+use crate::{Activity, Error, Result, Run, Stats};
 
 #[derive(Debug, Default, Serialize)]
 pub(super) struct Card {
@@ -27,6 +27,8 @@ pub(super) struct Card {
     elements: usize,
     #[serde(skip)]
     stats_raw: Option<Stats>,
+    #[serde(skip)]
+    activity: Option<Activity>,
     stats: Option<CardStats>,
     picture: Option<String>,
     picture_size: Option<(u32, u32)>,
@@ -35,8 +37,8 @@ pub(super) struct Card {
     colormap: String,
     range: Option<(String, String)>,
     hist_axis: Option<(String, String, String)>,
-    dead_pct: Option<String>,
-    dead_many: bool,
+    /// `3 of 64 channels never active across 10 recorded samples`.
+    inactive: Option<String>,
     nonfinite: bool,
     error: Option<String>,
     #[serde(skip)]
@@ -69,13 +71,11 @@ struct StatsEntry<'a> {
     dtype: &'a str,
     #[serde(flatten)]
     stats: Option<Stats>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    activity: Option<&'a Activity>,
     picture: Option<&'a str>,
     histogram: Option<&'a str>,
     error: Option<&'a str>,
-}
-
-fn is_relu(kind: &str) -> bool {
-    kind.to_ascii_lowercase().contains("relu")
 }
 
 /// Renders one layer's card. A layer that cannot be drawn gets an error on its
@@ -106,6 +106,11 @@ pub(super) fn render_card(
     let stats = Stats::of(&data);
     data.check()?;
     card.set_stats(stats);
+    if stats.min.is_finite() {
+        card.activity = Activity::of(&data, &l.shape, stats.min);
+        data.check()?;
+        card.inactive = card.activity.as_ref().and_then(Activity::describe);
+    }
     let ropts = sample_options(&opts.render, &l.shape);
     let picture = render::render(&data, &l.shape, &ropts);
     data.check()?;
@@ -137,10 +142,6 @@ impl Card {
             nan: stats.nan,
             inf: stats.inf,
         });
-        if is_relu(&self.kind) {
-            self.dead_pct = Some(format!("{:.1}%", stats.zero_fraction * 100.0));
-            self.dead_many = stats.zero_fraction >= 0.5;
-        }
         self.stats_raw = Some(stats);
     }
 
@@ -232,6 +233,7 @@ pub(super) fn stats_json(run: &Run, cards: &[Card], name: &str) -> Result<Vec<u8
             shape: &l.shape,
             dtype: &c.dtype,
             stats: c.stats_raw,
+            activity: c.activity.as_ref(),
             picture: c.picture.as_deref(),
             histogram: c.histogram.as_deref(),
             error: c.error.as_deref(),
@@ -274,7 +276,7 @@ pub(super) fn run_page(
         rendered_at: m.rendered_at.clone(),
     };
     let nonfinite: Vec<&Card> = cards.iter().filter(|c| c.nonfinite).collect();
-    let dead: Vec<&Card> = cards.iter().filter(|c| c.dead_many).collect();
+    let inactive: Vec<&Card> = cards.iter().filter(|c| c.inactive.is_some()).collect();
     page(
         "run.html",
         context! {
@@ -282,7 +284,7 @@ pub(super) fn run_page(
             run => facts,
             cards => cards,
             nonfinite => nonfinite,
-            dead => dead,
+            inactive => inactive,
             renderer_version => RENDERER_VERSION,
             sample => opts.render.sample,
         },

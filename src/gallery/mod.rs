@@ -55,7 +55,7 @@ use card::Card;
 /// Version of the gallery layout.
 pub const GALLERY_VERSION: u32 = 1;
 /// Version of the pictures; bumped when they change, so `watch` renders again.
-pub const RENDERER_VERSION: &str = "1";
+pub const RENDERER_VERSION: &str = "2";
 
 /// Bins of a layer's histogram.
 pub const HIST_BINS: usize = 64;
