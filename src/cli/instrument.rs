@@ -9,7 +9,7 @@ use candlelight::instrument::{instrument, Options};
 
 /// What `--help` says after the options.
 const RULES: &str = "\
-What changes (see the README, \"Instrument a copied model\"):
+What changes (see the README, \"Instrument a model copied out of candle-transformers\"):
   - tracing spans go (fields, initialisers, `let _enter = self.span.enter();`);
   - a struct with a `forward` that is built in a function taking a candle_nn VarBuilder
     gets a field `cl_scope: candlelight::Scope`, taken from that VarBuilder by the
