@@ -12,7 +12,7 @@ MAX_FILE, MAX_FN = 600, 80
 LAYERS = {
     "error": 0, "staging": 0, "values": 0,
     "runfile": 1, "stats": 2,
-    "record": 2, "nn": 2, "render": 2,
+    "record": 2, "nn": 2, "render": 2, "instrument": 2,
     "pages": 3, "gallery": 4, "diff": 4,
     "watch": 6, "notebook": 6, "models": 6,
 }

@@ -30,6 +30,8 @@ pub mod diff;
 mod error;
 #[cfg(feature = "render")]
 pub mod gallery;
+#[cfg(feature = "instrument")]
+pub mod instrument;
 #[cfg(feature = "models")]
 pub mod models;
 #[cfg(feature = "notebook")]

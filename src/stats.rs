@@ -198,7 +198,7 @@ impl Activity {
     /// the layer has negative values, no unit axis (rank < 2) or nothing in it.
     pub fn of(data: &LayerData<'_>, shape: &[usize], min: f64) -> Option<Activity> {
         let n: usize = shape.iter().product();
-        if shape.len() < 2 || n == 0 || !(min >= 0.0) {
+        if shape.len() < 2 || n == 0 || min.is_nan() || min < 0.0 {
             return None;
         }
         let axis = if shape.len() >= 4 { 1 } else { shape.len() - 1 };
@@ -230,11 +230,6 @@ impl Activity {
         if self.never_active.is_empty() {
             return None;
         }
-        let what = if self.axis == 1 && self.units > 0 {
-            "channels"
-        } else {
-            "units"
-        };
         let samples = match self.samples {
             1 => "the 1 recorded sample".to_string(),
             n => format!("{n} recorded samples"),

@@ -9,6 +9,7 @@ use candlelight::{LayerInfo, Run, Stats};
 
 mod demo;
 mod diff;
+mod instrument;
 mod render;
 mod watch;
 
@@ -43,6 +44,9 @@ pub enum Command {
     Demo(demo::DemoArgs),
     /// Watch a folder: every run file dropped into it becomes a gallery.
     Watch(watch::WatchArgs),
+    /// Rewrite a model file copied out of candle-transformers so that every layer and
+    /// module records its output by VarBuilder path; report on standard error.
+    Instrument(instrument::InstrumentArgs),
 }
 
 /// Runs the parsed command; `Ok(code)` is the process exit code.
@@ -57,6 +61,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Render(args) => render::render(args),
         Command::Demo(args) => demo::demo(args),
         Command::Watch(args) => watch::watch(args),
+        Command::Instrument(args) => instrument::run(args),
     }
 }
 

@@ -1,7 +1,7 @@
-// Instrumented by candlelight from candle-transformers 0.9.2's src/models/bert.rs
-// (MIT OR Apache-2.0, Copyright The HuggingFace candle authors): every module with
-// a `forward` records its output under its VarBuilder path (`encoder.layer.3.attention`),
-// attention probabilities under `<path>.attention_probs`. See `candlelight instrument`.
+// Instrumented by candlelight 0.1.0 from bert.rs; see candlelight instrument --help
+// The original's license applies (candle-transformers: MIT OR Apache-2.0).
+// Generated: change the original and instrument it again rather than editing this.
+
 //! BERT (Bidirectional Encoder Representations from Transformers)
 //!
 //! Bert is a general large language model that can be used for various language tasks:
@@ -11,15 +11,12 @@
 //! - Upstream [GitHub repo](https://github.com/google-research/bert).
 //! - See bert in [candle-examples](https://github.com/huggingface/candle/tree/main/candle-examples/) for runnable code
 //!
-use candle_core::Module;
 use candle_core::{DType, Device, Result, Tensor};
-use candle_nn::VarBuilder;
+use candle_nn::{Module, VarBuilder};
 use candlelight::nn::{embedding, Embedding};
 use candlelight::with_tracing::{layer_norm, linear, LayerNorm, Linear};
 use serde::Deserialize;
-
 pub const DTYPE: DType = DType::F32;
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum HiddenAct {
@@ -27,35 +24,28 @@ pub enum HiddenAct {
     GeluApproximate,
     Relu,
 }
-
 #[derive(Clone)]
 struct HiddenActLayer {
     act: HiddenAct,
 }
-
 impl HiddenActLayer {
     fn new(act: HiddenAct) -> Self {
         Self { act }
     }
-
     fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
         match self.act {
-            // https://github.com/huggingface/transformers/blob/cd4584e3c809bb9e1392ccd3fe38b40daba5519a/src/transformers/activations.py#L213
             HiddenAct::Gelu => xs.gelu_erf(),
             HiddenAct::GeluApproximate => xs.gelu(),
             HiddenAct::Relu => xs.relu(),
         }
     }
 }
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum PositionEmbeddingType {
     #[default]
     Absolute,
 }
-
-// https://github.com/huggingface/transformers/blob/6eedfa6dd15dc1e22a55ae036f681914e5a0d9a1/src/transformers/models/bert/configuration_bert.py#L1
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct Config {
     pub vocab_size: usize,
@@ -77,7 +67,6 @@ pub struct Config {
     pub classifier_dropout: Option<f64>,
     pub model_type: Option<String>,
 }
-
 impl Default for Config {
     fn default() -> Self {
         Self {
@@ -100,10 +89,8 @@ impl Default for Config {
         }
     }
 }
-
 impl Config {
     fn _all_mini_lm_l6_v2() -> Self {
-        // https://huggingface.co/sentence-transformers/all-MiniLM-L6-v2/blob/main/config.json
         Self {
             vocab_size: 30522,
             hidden_size: 384,
@@ -124,27 +111,21 @@ impl Config {
         }
     }
 }
-
 #[derive(Clone)]
 struct Dropout {
     #[allow(dead_code)]
     pr: f64,
 }
-
 impl Dropout {
     fn new(pr: f64) -> Self {
         Self { pr }
     }
 }
-
 impl Module for Dropout {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        // TODO
         Ok(x.clone())
     }
 }
-
-// https://github.com/huggingface/transformers/blob/6eedfa6dd15dc1e22a55ae036f681914e5a0d9a1/src/transformers/models/bert/modeling_bert.py#L180
 struct BertEmbeddings {
     word_embeddings: Embedding,
     position_embeddings: Option<Embedding>,
@@ -153,7 +134,6 @@ struct BertEmbeddings {
     dropout: Dropout,
     cl_scope: candlelight::Scope,
 }
-
 impl BertEmbeddings {
     fn load(vb: VarBuilder, config: &Config) -> Result<Self> {
         let cl_scope = candlelight::Scope::new(&vb).kind("bert_embeddings");
@@ -186,27 +166,26 @@ impl BertEmbeddings {
             cl_scope,
         })
     }
-
     fn forward(&self, input_ids: &Tensor, token_type_ids: &Tensor) -> Result<Tensor> {
-        self.cl_scope.finish((|| -> Result<Tensor> {
+        #[allow(clippy::redundant_closure_call)]
+        let cl_out = (|| -> Result<Tensor> {
             let (_bsize, seq_len) = input_ids.dims2()?;
             let input_embeddings = self.word_embeddings.forward(input_ids)?;
             let token_type_embeddings = self.token_type_embeddings.forward(token_type_ids)?;
             let mut embeddings = (&input_embeddings + token_type_embeddings)?;
             if let Some(position_embeddings) = &self.position_embeddings {
-                // TODO: Proper absolute positions?
                 let position_ids = (0..seq_len as u32).collect::<Vec<_>>();
                 let position_ids = Tensor::new(&position_ids[..], input_ids.device())?;
                 embeddings =
-                    embeddings.broadcast_add(&position_embeddings.forward(&position_ids)?)?
+                    embeddings.broadcast_add(&position_embeddings.forward(&position_ids)?)?;
             }
             let embeddings = self.layer_norm.forward(&embeddings)?;
             let embeddings = self.dropout.forward(&embeddings)?;
             Ok(embeddings)
-        })())
+        })();
+        self.cl_scope.finish(cl_out)
     }
 }
-
 #[derive(Clone)]
 struct BertSelfAttention {
     query: Linear,
@@ -217,7 +196,6 @@ struct BertSelfAttention {
     attention_head_size: usize,
     cl_scope: candlelight::Scope,
 }
-
 impl BertSelfAttention {
     fn load(vb: VarBuilder, config: &Config) -> Result<Self> {
         let cl_scope = candlelight::Scope::new(&vb).kind("bert_self_attention");
@@ -238,7 +216,6 @@ impl BertSelfAttention {
             cl_scope,
         })
     }
-
     fn transpose_for_scores(&self, xs: &Tensor) -> Result<Tensor> {
         let mut new_x_shape = xs.dims().to_vec();
         new_x_shape.pop();
@@ -247,17 +224,15 @@ impl BertSelfAttention {
         let xs = xs.reshape(new_x_shape.as_slice())?.transpose(1, 2)?;
         xs.contiguous()
     }
-
     fn forward(&self, hidden_states: &Tensor, attention_mask: &Tensor) -> Result<Tensor> {
-        self.cl_scope.finish((|| -> Result<Tensor> {
+        #[allow(clippy::redundant_closure_call)]
+        let cl_out = (|| -> Result<Tensor> {
             let query_layer = self.query.forward(hidden_states)?;
             let key_layer = self.key.forward(hidden_states)?;
             let value_layer = self.value.forward(hidden_states)?;
-
             let query_layer = self.transpose_for_scores(&query_layer)?;
             let key_layer = self.transpose_for_scores(&key_layer)?;
             let value_layer = self.transpose_for_scores(&value_layer)?;
-
             let attention_scores = query_layer.matmul(&key_layer.t()?)?;
             let attention_scores = (attention_scores / (self.attention_head_size as f64).sqrt())?;
             let attention_scores = attention_scores.broadcast_add(attention_mask)?;
@@ -265,15 +240,14 @@ impl BertSelfAttention {
                 { candle_nn::ops::softmax(&attention_scores, candle_core::D::Minus1)? };
             let attention_probs = self.cl_scope.attention_probs(attention_probs)?;
             let attention_probs = self.dropout.forward(&attention_probs)?;
-
             let context_layer = attention_probs.matmul(&value_layer)?;
             let context_layer = context_layer.transpose(1, 2)?.contiguous()?;
             let context_layer = context_layer.flatten_from(candle_core::D::Minus2)?;
             Ok(context_layer)
-        })())
+        })();
+        self.cl_scope.finish(cl_out)
     }
 }
-
 #[derive(Clone)]
 struct BertSelfOutput {
     dense: Linear,
@@ -281,7 +255,6 @@ struct BertSelfOutput {
     dropout: Dropout,
     cl_scope: candlelight::Scope,
 }
-
 impl BertSelfOutput {
     fn load(vb: VarBuilder, config: &Config) -> Result<Self> {
         let cl_scope = candlelight::Scope::new(&vb).kind("bert_self_output");
@@ -299,24 +272,22 @@ impl BertSelfOutput {
             cl_scope,
         })
     }
-
     fn forward(&self, hidden_states: &Tensor, input_tensor: &Tensor) -> Result<Tensor> {
-        self.cl_scope.finish((|| -> Result<Tensor> {
+        #[allow(clippy::redundant_closure_call)]
+        let cl_out = (|| -> Result<Tensor> {
             let hidden_states = self.dense.forward(hidden_states)?;
             let hidden_states = self.dropout.forward(&hidden_states)?;
             self.layer_norm.forward(&(hidden_states + input_tensor)?)
-        })())
+        })();
+        self.cl_scope.finish(cl_out)
     }
 }
-
-// https://github.com/huggingface/transformers/blob/6eedfa6dd15dc1e22a55ae036f681914e5a0d9a1/src/transformers/models/bert/modeling_bert.py#L392
 #[derive(Clone)]
 struct BertAttention {
     self_attention: BertSelfAttention,
     self_output: BertSelfOutput,
     cl_scope: candlelight::Scope,
 }
-
 impl BertAttention {
     fn load(vb: VarBuilder, config: &Config) -> Result<Self> {
         let cl_scope = candlelight::Scope::new(&vb).kind("bert_attention");
@@ -328,24 +299,22 @@ impl BertAttention {
             cl_scope,
         })
     }
-
     fn forward(&self, hidden_states: &Tensor, attention_mask: &Tensor) -> Result<Tensor> {
-        self.cl_scope.finish((|| -> Result<Tensor> {
+        #[allow(clippy::redundant_closure_call)]
+        let cl_out = (|| -> Result<Tensor> {
             let self_outputs = self.self_attention.forward(hidden_states, attention_mask)?;
             let attention_output = self.self_output.forward(&self_outputs, hidden_states)?;
             Ok(attention_output)
-        })())
+        })();
+        self.cl_scope.finish(cl_out)
     }
 }
-
-// https://github.com/huggingface/transformers/blob/6eedfa6dd15dc1e22a55ae036f681914e5a0d9a1/src/transformers/models/bert/modeling_bert.py#L441
 #[derive(Clone)]
 struct BertIntermediate {
     dense: Linear,
     intermediate_act: HiddenActLayer,
     cl_scope: candlelight::Scope,
 }
-
 impl BertIntermediate {
     fn load(vb: VarBuilder, config: &Config) -> Result<Self> {
         let cl_scope = candlelight::Scope::new(&vb).kind("bert_intermediate");
@@ -357,18 +326,17 @@ impl BertIntermediate {
         })
     }
 }
-
 impl Module for BertIntermediate {
     fn forward(&self, hidden_states: &Tensor) -> Result<Tensor> {
-        self.cl_scope.finish((|| -> Result<Tensor> {
+        #[allow(clippy::redundant_closure_call)]
+        let cl_out = (|| -> Result<Tensor> {
             let hidden_states = self.dense.forward(hidden_states)?;
             let ys = self.intermediate_act.forward(&hidden_states)?;
             Ok(ys)
-        })())
+        })();
+        self.cl_scope.finish(cl_out)
     }
 }
-
-// https://github.com/huggingface/transformers/blob/6eedfa6dd15dc1e22a55ae036f681914e5a0d9a1/src/transformers/models/bert/modeling_bert.py#L456
 #[derive(Clone)]
 struct BertOutput {
     dense: Linear,
@@ -376,7 +344,6 @@ struct BertOutput {
     dropout: Dropout,
     cl_scope: candlelight::Scope,
 }
-
 impl BertOutput {
     fn load(vb: VarBuilder, config: &Config) -> Result<Self> {
         let cl_scope = candlelight::Scope::new(&vb).kind("bert_output");
@@ -394,17 +361,16 @@ impl BertOutput {
             cl_scope,
         })
     }
-
     fn forward(&self, hidden_states: &Tensor, input_tensor: &Tensor) -> Result<Tensor> {
-        self.cl_scope.finish((|| -> Result<Tensor> {
+        #[allow(clippy::redundant_closure_call)]
+        let cl_out = (|| -> Result<Tensor> {
             let hidden_states = self.dense.forward(hidden_states)?;
             let hidden_states = self.dropout.forward(&hidden_states)?;
             self.layer_norm.forward(&(hidden_states + input_tensor)?)
-        })())
+        })();
+        self.cl_scope.finish(cl_out)
     }
 }
-
-// https://github.com/huggingface/transformers/blob/6eedfa6dd15dc1e22a55ae036f681914e5a0d9a1/src/transformers/models/bert/modeling_bert.py#L470
 #[derive(Clone)]
 pub struct BertLayer {
     attention: BertAttention,
@@ -412,7 +378,6 @@ pub struct BertLayer {
     output: BertOutput,
     cl_scope: candlelight::Scope,
 }
-
 impl BertLayer {
     fn load(vb: VarBuilder, config: &Config) -> Result<Self> {
         let cl_scope = candlelight::Scope::new(&vb).kind("bert_layer");
@@ -426,29 +391,24 @@ impl BertLayer {
             cl_scope,
         })
     }
-
     fn forward(&self, hidden_states: &Tensor, attention_mask: &Tensor) -> Result<Tensor> {
-        self.cl_scope.finish((|| -> Result<Tensor> {
+        #[allow(clippy::redundant_closure_call)]
+        let cl_out = (|| -> Result<Tensor> {
             let attention_output = self.attention.forward(hidden_states, attention_mask)?;
-            // TODO: Support cross-attention?
-            // https://github.com/huggingface/transformers/blob/6eedfa6dd15dc1e22a55ae036f681914e5a0d9a1/src/transformers/models/bert/modeling_bert.py#L523
-            // TODO: Support something similar to `apply_chunking_to_forward`?
             let intermediate_output = self.intermediate.forward(&attention_output)?;
             let layer_output = self
                 .output
                 .forward(&intermediate_output, &attention_output)?;
             Ok(layer_output)
-        })())
+        })();
+        self.cl_scope.finish(cl_out)
     }
 }
-
-// https://github.com/huggingface/transformers/blob/6eedfa6dd15dc1e22a55ae036f681914e5a0d9a1/src/transformers/models/bert/modeling_bert.py#L556
 #[derive(Clone)]
 pub struct BertEncoder {
     pub layers: Vec<BertLayer>,
     cl_scope: candlelight::Scope,
 }
-
 impl BertEncoder {
     pub fn load(vb: VarBuilder, config: &Config) -> Result<Self> {
         let cl_scope = candlelight::Scope::new(&vb).kind("bert_encoder");
@@ -457,27 +417,24 @@ impl BertEncoder {
             .collect::<Result<Vec<_>>>()?;
         Ok(BertEncoder { layers, cl_scope })
     }
-
     pub fn forward(&self, hidden_states: &Tensor, attention_mask: &Tensor) -> Result<Tensor> {
-        self.cl_scope.finish((|| -> Result<Tensor> {
+        #[allow(clippy::redundant_closure_call)]
+        let cl_out = (|| -> Result<Tensor> {
             let mut hidden_states = hidden_states.clone();
-            // Use a loop rather than a fold as it's easier to modify when adding debug/...
             for layer in self.layers.iter() {
-                hidden_states = layer.forward(&hidden_states, attention_mask)?
+                hidden_states = layer.forward(&hidden_states, attention_mask)?;
             }
             Ok(hidden_states)
-        })())
+        })();
+        self.cl_scope.finish(cl_out)
     }
 }
-
-// https://github.com/huggingface/transformers/blob/6eedfa6dd15dc1e22a55ae036f681914e5a0d9a1/src/transformers/models/bert/modeling_bert.py#L874
 pub struct BertModel {
     embeddings: BertEmbeddings,
     encoder: BertEncoder,
     pub device: Device,
     cl_scope: candlelight::Scope,
 }
-
 impl BertModel {
     pub fn load(vb: VarBuilder, config: &Config) -> Result<Self> {
         let cl_scope = candlelight::Scope::new(&vb).kind("bert_model");
@@ -508,28 +465,27 @@ impl BertModel {
             cl_scope,
         })
     }
-
     pub fn forward(
         &self,
         input_ids: &Tensor,
         token_type_ids: &Tensor,
         attention_mask: Option<&Tensor>,
     ) -> Result<Tensor> {
-        self.cl_scope.finish((|| -> Result<Tensor> {
+        #[allow(clippy::redundant_closure_call)]
+        let cl_out = (|| -> Result<Tensor> {
             let embedding_output = self.embeddings.forward(input_ids, token_type_ids)?;
             let attention_mask = match attention_mask {
                 Some(attention_mask) => attention_mask.clone(),
                 None => input_ids.ones_like()?,
             };
             let dtype = embedding_output.dtype();
-            // https://github.com/huggingface/transformers/blob/6eedfa6dd15dc1e22a55ae036f681914e5a0d9a1/src/transformers/models/bert/modeling_bert.py#L995
             let attention_mask = get_extended_attention_mask(&attention_mask, dtype)?;
             let sequence_output = self.encoder.forward(&embedding_output, &attention_mask)?;
             Ok(sequence_output)
-        })())
+        })();
+        self.cl_scope.finish(cl_out)
     }
 }
-
 fn get_extended_attention_mask(attention_mask: &Tensor, dtype: DType) -> Result<Tensor> {
     let attention_mask = match attention_mask.rank() {
         3 => attention_mask.unsqueeze(1)?,
@@ -537,22 +493,18 @@ fn get_extended_attention_mask(attention_mask: &Tensor, dtype: DType) -> Result<
         _ => candle_core::bail!("Wrong shape for input_ids or attention_mask"),
     };
     let attention_mask = attention_mask.to_dtype(dtype)?;
-    // torch.finfo(dtype).min
     (attention_mask.ones_like()? - &attention_mask)?.broadcast_mul(
         &Tensor::try_from(f32::MIN)?
             .to_device(attention_mask.device())?
             .to_dtype(dtype)?,
     )
 }
-
-//https://github.com/huggingface/transformers/blob/1bd604d11c405dfb8b78bda4062d88fc75c17de0/src/transformers/models/bert/modeling_bert.py#L752-L766
 struct BertPredictionHeadTransform {
     dense: Linear,
     activation: HiddenActLayer,
     layer_norm: LayerNorm,
     cl_scope: candlelight::Scope,
 }
-
 impl BertPredictionHeadTransform {
     fn load(vb: VarBuilder, config: &Config) -> Result<Self> {
         let cl_scope = candlelight::Scope::new(&vb).kind("bert_prediction_head_transform");
@@ -571,28 +523,26 @@ impl BertPredictionHeadTransform {
         })
     }
 }
-
 impl Module for BertPredictionHeadTransform {
     fn forward(&self, hidden_states: &Tensor) -> Result<Tensor> {
-        self.cl_scope.finish((|| -> Result<Tensor> {
+        #[allow(clippy::redundant_closure_call)]
+        let cl_out = (|| -> Result<Tensor> {
             let hidden_states = self
                 .activation
                 .forward(&self.dense.forward(hidden_states)?)?;
             self.layer_norm.forward(&hidden_states)
-        })())
+        })();
+        self.cl_scope.finish(cl_out)
     }
 }
-
-// https://github.com/huggingface/transformers/blob/1bd604d11c405dfb8b78bda4062d88fc75c17de0/src/transformers/models/bert/modeling_bert.py#L769C1-L790C1
 pub struct BertLMPredictionHead {
     transform: BertPredictionHeadTransform,
     decoder: Linear,
     cl_scope: candlelight::Scope,
 }
-
 impl BertLMPredictionHead {
     pub fn load(vb: VarBuilder, config: &Config) -> Result<Self> {
-        let cl_scope = candlelight::Scope::new(&vb).kind("bert_l_m_prediction_head");
+        let cl_scope = candlelight::Scope::new(&vb).kind("bert_lm_prediction_head");
         let transform = BertPredictionHeadTransform::load(vb.pp("transform"), config)?;
         let decoder = linear(config.hidden_size, config.vocab_size, vb.pp("decoder"))?;
         Ok(Self {
@@ -602,25 +552,23 @@ impl BertLMPredictionHead {
         })
     }
 }
-
 impl Module for BertLMPredictionHead {
     fn forward(&self, hidden_states: &Tensor) -> Result<Tensor> {
-        self.cl_scope.finish((|| -> Result<Tensor> {
+        #[allow(clippy::redundant_closure_call)]
+        let cl_out = (|| -> Result<Tensor> {
             self.decoder
                 .forward(&self.transform.forward(hidden_states)?)
-        })())
+        })();
+        self.cl_scope.finish(cl_out)
     }
 }
-
-// https://github.com/huggingface/transformers/blob/1bd604d11c405dfb8b78bda4062d88fc75c17de0/src/transformers/models/bert/modeling_bert.py#L792
 pub struct BertOnlyMLMHead {
     predictions: BertLMPredictionHead,
     cl_scope: candlelight::Scope,
 }
-
 impl BertOnlyMLMHead {
     pub fn load(vb: VarBuilder, config: &Config) -> Result<Self> {
-        let cl_scope = candlelight::Scope::new(&vb).kind("bert_only_m_l_m_head");
+        let cl_scope = candlelight::Scope::new(&vb).kind("bert_only_mlm_head");
         let predictions = BertLMPredictionHead::load(vb.pp("predictions"), config)?;
         Ok(Self {
             predictions,
@@ -628,24 +576,21 @@ impl BertOnlyMLMHead {
         })
     }
 }
-
 impl Module for BertOnlyMLMHead {
     fn forward(&self, sequence_output: &Tensor) -> Result<Tensor> {
-        self.cl_scope.finish((|| -> Result<Tensor> {
-            self.predictions.forward(sequence_output)
-        })())
+        #[allow(clippy::redundant_closure_call)]
+        let cl_out = (|| -> Result<Tensor> { self.predictions.forward(sequence_output) })();
+        self.cl_scope.finish(cl_out)
     }
 }
-
 pub struct BertForMaskedLM {
     bert: BertModel,
     cls: BertOnlyMLMHead,
     cl_scope: candlelight::Scope,
 }
-
 impl BertForMaskedLM {
     pub fn load(vb: VarBuilder, config: &Config) -> Result<Self> {
-        let cl_scope = candlelight::Scope::new(&vb).kind("bert_for_masked_l_m");
+        let cl_scope = candlelight::Scope::new(&vb).kind("bert_for_masked_lm");
         let bert = BertModel::load(vb.pp("bert"), config)?;
         let cls = BertOnlyMLMHead::load(vb.pp("cls"), config)?;
         Ok(Self {
@@ -654,18 +599,19 @@ impl BertForMaskedLM {
             cl_scope,
         })
     }
-
     pub fn forward(
         &self,
         input_ids: &Tensor,
         token_type_ids: &Tensor,
         attention_mask: Option<&Tensor>,
     ) -> Result<Tensor> {
-        self.cl_scope.finish((|| -> Result<Tensor> {
+        #[allow(clippy::redundant_closure_call)]
+        let cl_out = (|| -> Result<Tensor> {
             let sequence_output = self
                 .bert
                 .forward(input_ids, token_type_ids, attention_mask)?;
             self.cls.forward(&sequence_output)
-        })())
+        })();
+        self.cl_scope.finish(cl_out)
     }
 }

@@ -55,6 +55,8 @@ use super::record_out;
 pub struct Scope {
     path: Arc<str>,
     kind: Arc<str>,
+    /// Records nothing ([`Scope::none`]).
+    off: bool,
 }
 
 /// The name the root module's output is recorded under.
@@ -74,7 +76,22 @@ impl Scope {
         Scope {
             path: path.into().into(),
             kind: "module".into(),
+            off: false,
         }
+    }
+
+    /// A scope that records nothing: for a module built without a `VarBuilder`
+    /// (what `candlelight instrument` gives such an instance).
+    pub fn none() -> Scope {
+        Scope {
+            off: true,
+            ..Scope::at("")
+        }
+    }
+
+    /// False for [`Scope::none`].
+    pub fn is_recording(&self) -> bool {
+        !self.off
     }
 
     /// Sets the layer kind recorded with the output (`attention`, `mlp`, ...).
@@ -109,6 +126,9 @@ impl Scope {
     /// Records `t` as the module's output; returns what the model goes on with
     /// (`t`, or the patch run's tensor when this layer is patched).
     pub fn output(&self, t: Tensor) -> candle_core::Result<Tensor> {
+        if self.off {
+            return Ok(t);
+        }
         record_out(self.name(), &self.kind, t)
     }
 
@@ -120,12 +140,18 @@ impl Scope {
 
     /// Records an intermediate as `<path>.<sub>` (kind `tap`).
     pub fn record(&self, sub: &str, t: Tensor) -> candle_core::Result<Tensor> {
+        if self.off {
+            return Ok(t);
+        }
         record_out(&self.sub(sub), "tap", t)
     }
 
     /// Records attention probabilities as `<path>.attention_probs` (kind
     /// `attention_probs`).
     pub fn attention_probs(&self, t: Tensor) -> candle_core::Result<Tensor> {
+        if self.off {
+            return Ok(t);
+        }
         record_out(&self.sub(ATTENTION_PROBS), ATTENTION_PROBS, t)
     }
 }
@@ -139,6 +165,8 @@ mod tests {
     #[test]
     fn names_at_the_root_and_below() {
         let root = Scope::at("");
+        assert!(root.is_recording() && !Scope::none().is_recording());
+        assert_ne!(Scope::none(), Scope::default());
         let attn = Scope::at("encoder.layer.0.attention.self").kind("attention");
         assert_eq!(root.name(), "output");
         assert_eq!(root.sub("attention_probs"), "attention_probs");
@@ -148,6 +176,9 @@ mod tests {
                 let p = attn.attention_probs(x.clone())?;
                 attn.finish(Ok(p))?;
                 attn.finish(Err(candle_core::Error::Msg("x".into()))).ok();
+                let none = Scope::none().kind("attention");
+                none.attention_probs(none.finish(Ok(x.clone()))?)?;
+                none.record("sub", x.clone())?;
                 root.output(x.clone())
             })
             .unwrap();
