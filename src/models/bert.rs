@@ -11,10 +11,10 @@
 //! - Upstream [GitHub repo](https://github.com/google-research/bert).
 //! - See bert in [candle-examples](https://github.com/huggingface/candle/tree/main/candle-examples/) for runnable code
 //!
-use candle_core::{DType, Device, Result, Tensor};
-use candle_nn::{Module, VarBuilder};
-use candlelight::nn::{embedding, Embedding};
 use candlelight::with_tracing::{layer_norm, linear, LayerNorm, Linear};
+use candle_core::{DType, Device, Result, Tensor};
+use candlelight::nn::{embedding, Embedding};
+use candle_nn::{Module, VarBuilder};
 use serde::Deserialize;
 pub const DTYPE: DType = DType::F32;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -171,13 +171,15 @@ impl BertEmbeddings {
         let cl_out = (|| -> Result<Tensor> {
             let (_bsize, seq_len) = input_ids.dims2()?;
             let input_embeddings = self.word_embeddings.forward(input_ids)?;
-            let token_type_embeddings = self.token_type_embeddings.forward(token_type_ids)?;
+            let token_type_embeddings = self
+                .token_type_embeddings
+                .forward(token_type_ids)?;
             let mut embeddings = (&input_embeddings + token_type_embeddings)?;
             if let Some(position_embeddings) = &self.position_embeddings {
                 let position_ids = (0..seq_len as u32).collect::<Vec<_>>();
                 let position_ids = Tensor::new(&position_ids[..], input_ids.device())?;
-                embeddings =
-                    embeddings.broadcast_add(&position_embeddings.forward(&position_ids)?)?;
+                embeddings = embeddings
+                    .broadcast_add(&position_embeddings.forward(&position_ids)?)?;
             }
             let embeddings = self.layer_norm.forward(&embeddings)?;
             let embeddings = self.dropout.forward(&embeddings)?;
@@ -224,7 +226,11 @@ impl BertSelfAttention {
         let xs = xs.reshape(new_x_shape.as_slice())?.transpose(1, 2)?;
         xs.contiguous()
     }
-    fn forward(&self, hidden_states: &Tensor, attention_mask: &Tensor) -> Result<Tensor> {
+    fn forward(
+        &self,
+        hidden_states: &Tensor,
+        attention_mask: &Tensor,
+    ) -> Result<Tensor> {
         #[allow(clippy::redundant_closure_call)]
         let cl_out = (|| -> Result<Tensor> {
             let query_layer = self.query.forward(hidden_states)?;
@@ -234,10 +240,12 @@ impl BertSelfAttention {
             let key_layer = self.transpose_for_scores(&key_layer)?;
             let value_layer = self.transpose_for_scores(&value_layer)?;
             let attention_scores = query_layer.matmul(&key_layer.t()?)?;
-            let attention_scores = (attention_scores / (self.attention_head_size as f64).sqrt())?;
+            let attention_scores = (attention_scores
+                / (self.attention_head_size as f64).sqrt())?;
             let attention_scores = attention_scores.broadcast_add(attention_mask)?;
-            let attention_probs =
-                { candle_nn::ops::softmax(&attention_scores, candle_core::D::Minus1)? };
+            let attention_probs = {
+                candle_nn::ops::softmax(&attention_scores, candle_core::D::Minus1)?
+            };
             let attention_probs = self.cl_scope.attention_probs(attention_probs)?;
             let attention_probs = self.dropout.forward(&attention_probs)?;
             let context_layer = attention_probs.matmul(&value_layer)?;
@@ -299,11 +307,19 @@ impl BertAttention {
             cl_scope,
         })
     }
-    fn forward(&self, hidden_states: &Tensor, attention_mask: &Tensor) -> Result<Tensor> {
+    fn forward(
+        &self,
+        hidden_states: &Tensor,
+        attention_mask: &Tensor,
+    ) -> Result<Tensor> {
         #[allow(clippy::redundant_closure_call)]
         let cl_out = (|| -> Result<Tensor> {
-            let self_outputs = self.self_attention.forward(hidden_states, attention_mask)?;
-            let attention_output = self.self_output.forward(&self_outputs, hidden_states)?;
+            let self_outputs = self
+                .self_attention
+                .forward(hidden_states, attention_mask)?;
+            let attention_output = self
+                .self_output
+                .forward(&self_outputs, hidden_states)?;
             Ok(attention_output)
         })();
         self.cl_scope.finish(cl_out)
@@ -318,7 +334,11 @@ struct BertIntermediate {
 impl BertIntermediate {
     fn load(vb: VarBuilder, config: &Config) -> Result<Self> {
         let cl_scope = candlelight::Scope::new(&vb).kind("bert_intermediate");
-        let dense = linear(config.hidden_size, config.intermediate_size, vb.pp("dense"))?;
+        let dense = linear(
+            config.hidden_size,
+            config.intermediate_size,
+            vb.pp("dense"),
+        )?;
         Ok(Self {
             dense,
             intermediate_act: HiddenActLayer::new(config.hidden_act),
@@ -347,7 +367,11 @@ struct BertOutput {
 impl BertOutput {
     fn load(vb: VarBuilder, config: &Config) -> Result<Self> {
         let cl_scope = candlelight::Scope::new(&vb).kind("bert_output");
-        let dense = linear(config.intermediate_size, config.hidden_size, vb.pp("dense"))?;
+        let dense = linear(
+            config.intermediate_size,
+            config.hidden_size,
+            vb.pp("dense"),
+        )?;
         let layer_norm = layer_norm(
             config.hidden_size,
             config.layer_norm_eps,
@@ -391,10 +415,16 @@ impl BertLayer {
             cl_scope,
         })
     }
-    fn forward(&self, hidden_states: &Tensor, attention_mask: &Tensor) -> Result<Tensor> {
+    fn forward(
+        &self,
+        hidden_states: &Tensor,
+        attention_mask: &Tensor,
+    ) -> Result<Tensor> {
         #[allow(clippy::redundant_closure_call)]
         let cl_out = (|| -> Result<Tensor> {
-            let attention_output = self.attention.forward(hidden_states, attention_mask)?;
+            let attention_output = self
+                .attention
+                .forward(hidden_states, attention_mask)?;
             let intermediate_output = self.intermediate.forward(&attention_output)?;
             let layer_output = self
                 .output
@@ -417,7 +447,11 @@ impl BertEncoder {
             .collect::<Result<Vec<_>>>()?;
         Ok(BertEncoder { layers, cl_scope })
     }
-    pub fn forward(&self, hidden_states: &Tensor, attention_mask: &Tensor) -> Result<Tensor> {
+    pub fn forward(
+        &self,
+        hidden_states: &Tensor,
+        attention_mask: &Tensor,
+    ) -> Result<Tensor> {
         #[allow(clippy::redundant_closure_call)]
         let cl_out = (|| -> Result<Tensor> {
             let mut hidden_states = hidden_states.clone();
@@ -446,7 +480,10 @@ impl BertModel {
             (Err(err), _) | (_, Err(err)) => {
                 if let Some(model_type) = &config.model_type {
                     if let (Ok(embeddings), Ok(encoder)) = (
-                        BertEmbeddings::load(vb.pp(format!("{model_type}.embeddings")), config),
+                        BertEmbeddings::load(
+                            vb.pp(format!("{model_type}.embeddings")),
+                            config,
+                        ),
                         BertEncoder::load(vb.pp(format!("{model_type}.encoder")), config),
                     ) {
                         (embeddings, encoder)
@@ -480,7 +517,9 @@ impl BertModel {
             };
             let dtype = embedding_output.dtype();
             let attention_mask = get_extended_attention_mask(&attention_mask, dtype)?;
-            let sequence_output = self.encoder.forward(&embedding_output, &attention_mask)?;
+            let sequence_output = self
+                .encoder
+                .forward(&embedding_output, &attention_mask)?;
             Ok(sequence_output)
         })();
         self.cl_scope.finish(cl_out)
@@ -493,11 +532,12 @@ fn get_extended_attention_mask(attention_mask: &Tensor, dtype: DType) -> Result<
         _ => candle_core::bail!("Wrong shape for input_ids or attention_mask"),
     };
     let attention_mask = attention_mask.to_dtype(dtype)?;
-    (attention_mask.ones_like()? - &attention_mask)?.broadcast_mul(
-        &Tensor::try_from(f32::MIN)?
-            .to_device(attention_mask.device())?
-            .to_dtype(dtype)?,
-    )
+    (attention_mask.ones_like()? - &attention_mask)?
+        .broadcast_mul(
+            &Tensor::try_from(f32::MIN)?
+                .to_device(attention_mask.device())?
+                .to_dtype(dtype)?,
+        )
 }
 struct BertPredictionHeadTransform {
     dense: Linear,
@@ -507,7 +547,8 @@ struct BertPredictionHeadTransform {
 }
 impl BertPredictionHeadTransform {
     fn load(vb: VarBuilder, config: &Config) -> Result<Self> {
-        let cl_scope = candlelight::Scope::new(&vb).kind("bert_prediction_head_transform");
+        let cl_scope = candlelight::Scope::new(&vb)
+            .kind("bert_prediction_head_transform");
         let dense = linear(config.hidden_size, config.hidden_size, vb.pp("dense"))?;
         let activation = HiddenActLayer::new(config.hidden_act);
         let layer_norm = layer_norm(
@@ -556,8 +597,7 @@ impl Module for BertLMPredictionHead {
     fn forward(&self, hidden_states: &Tensor) -> Result<Tensor> {
         #[allow(clippy::redundant_closure_call)]
         let cl_out = (|| -> Result<Tensor> {
-            self.decoder
-                .forward(&self.transform.forward(hidden_states)?)
+            self.decoder.forward(&self.transform.forward(hidden_states)?)
         })();
         self.cl_scope.finish(cl_out)
     }
@@ -570,16 +610,15 @@ impl BertOnlyMLMHead {
     pub fn load(vb: VarBuilder, config: &Config) -> Result<Self> {
         let cl_scope = candlelight::Scope::new(&vb).kind("bert_only_mlm_head");
         let predictions = BertLMPredictionHead::load(vb.pp("predictions"), config)?;
-        Ok(Self {
-            predictions,
-            cl_scope,
-        })
+        Ok(Self { predictions, cl_scope })
     }
 }
 impl Module for BertOnlyMLMHead {
     fn forward(&self, sequence_output: &Tensor) -> Result<Tensor> {
         #[allow(clippy::redundant_closure_call)]
-        let cl_out = (|| -> Result<Tensor> { self.predictions.forward(sequence_output) })();
+        let cl_out = (|| -> Result<Tensor> {
+            self.predictions.forward(sequence_output)
+        })();
         self.cl_scope.finish(cl_out)
     }
 }
@@ -593,11 +632,7 @@ impl BertForMaskedLM {
         let cl_scope = candlelight::Scope::new(&vb).kind("bert_for_masked_lm");
         let bert = BertModel::load(vb.pp("bert"), config)?;
         let cls = BertOnlyMLMHead::load(vb.pp("cls"), config)?;
-        Ok(Self {
-            bert,
-            cls,
-            cl_scope,
-        })
+        Ok(Self { bert, cls, cl_scope })
     }
     pub fn forward(
         &self,
