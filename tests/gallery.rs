@@ -477,8 +477,9 @@ fn pages_load_every_image_in_chromium() {
         .expect("a run page");
     let page = common::check_images_in_chromium(&chromium, &run);
     assert_eq!(
-        page.images, 22,
-        "a picture and a histogram for each of 11 layers: {page:?}"
+        page.images, 20,
+        "a histogram for each of 11 layers, a picture for each but fc2 and softmax \
+         (labelled bars instead): {page:?}"
     );
     assert!(page.broken.is_empty(), "{page:?}");
     // The check itself can fail: a page with a missing picture is caught.
@@ -519,6 +520,7 @@ fn the_index_lists_newest_first_and_ignores_dot_folders_and_bad_thumbnails() {
         status: "ok".into(),
         error: None,
         thumbnail: thumb.map(String::from),
+        summary: None,
     };
     for (dir, m) in [
         (
@@ -557,4 +559,49 @@ fn the_index_lists_newest_first_and_ignores_dot_folders_and_bad_thumbnails() {
         .filter(|l| l.ends_with(".png") || l.contains("passwd"))
         .collect();
     assert_eq!(srcs, vec!["old/thumb.png".to_string()]);
+}
+
+#[test]
+fn class_layers_are_labelled_bars_and_the_index_card_shows_the_prediction() {
+    let tmp = tempfile::tempdir().unwrap();
+    let logits = Tensor::new(
+        &[[0.5f32, -2.0, 3.0, 1.0], [4.0, 0.0, 0.0, 0.0]],
+        &Device::Cpu,
+    )
+    .unwrap();
+    let (_, run) = Recorder::new("cls")
+        .tag("label", "2")
+        .id("cls")
+        .record(|| tap("fc<out>", &logits))
+        .unwrap();
+    let path = run.save(tmp.path()).unwrap();
+    let out = tmp.path().join("g");
+    cl_code(
+        &[
+            "render",
+            path.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        tmp.path(),
+        0,
+    );
+    let page = std::fs::read_to_string(out.join("cls/index.html")).unwrap();
+    assert!(page.contains("sample 0: top class 2 (3.0000)"), "{page}");
+    assert_eq!(page.matches("<tr class=\"top\">").count(), 1);
+    assert!(
+        page.contains("class=\"neg\" style=\"width:66.7%\""),
+        "-2 of 3 as a red bar"
+    );
+    assert!(
+        !page.contains("<a class=\"pic\""),
+        "bars replace the folded picture"
+    );
+    let m = manifest_of(&out, "cls");
+    assert_eq!(
+        m.summary.as_deref(),
+        Some("predicted 2 (3.0000) ✓ · label 2")
+    );
+    let index = std::fs::read_to_string(out.join("index.html")).unwrap();
+    assert!(index.contains("predicted 2 (3.0000) ✓ · label 2"));
 }

@@ -39,6 +39,8 @@ pub(super) struct Card {
     hist_axis: Option<(String, String, String)>,
     /// `3 of 64 channels never active across 10 recorded samples`.
     inactive: Option<String>,
+    /// `[N, classes]`: one sample as labelled bars.
+    pub(super) bars: Option<super::bars::Bars>,
     nonfinite: bool,
     error: Option<String>,
     #[serde(skip)]
@@ -112,6 +114,8 @@ pub(super) fn render_card(
         card.inactive = card.activity.as_ref().and_then(Activity::describe);
     }
     let ropts = sample_options(&opts.render, &l.shape);
+    card.bars = super::bars::bars(&data, &l.shape, ropts.sample);
+    data.check()?;
     let picture = render::render(&data, &l.shape, &ropts);
     data.check()?;
     match picture {

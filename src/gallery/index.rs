@@ -35,6 +35,7 @@ struct IndexEntry {
     rendered_at: String,
     render_ms: u64,
     source: String,
+    summary: Option<String>,
     error: Option<String>,
 }
 
@@ -79,6 +80,7 @@ pub fn write_index(out: &Path) -> Result<()> {
                     .file_name()
                     .map(|n| n.to_string_lossy().into_owned())
                     .unwrap_or_default(),
+                summary: m.summary,
                 error: (m.status != "ok")
                     .then(|| m.error.unwrap_or_else(|| "unknown error".into())),
                 name,

@@ -40,6 +40,7 @@ use minijinja::context;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
+mod bars;
 mod card;
 mod index;
 
@@ -104,6 +105,11 @@ pub struct Manifest {
     pub error: Option<String>,
     /// Relative path of the thumbnail inside the gallery folder.
     pub thumbnail: Option<String>,
+    /// One line for the index card: the last `[N, classes]` layer's prediction and
+    /// the run's `label` tag (`predicted 3 (0.981) ✓ · label 3`). Added later:
+    /// absent in older manifests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub summary: Option<String>,
 }
 
 /// Options of a gallery.
@@ -181,6 +187,7 @@ impl Manifest {
             status: status.to_string(),
             error: None,
             thumbnail: None,
+            summary: None,
         }
     }
 
@@ -321,6 +328,8 @@ pub fn render_gallery(run_path: &Path, out: &Path, opts: &GalleryOptions) -> Res
     manifest.model = info.model.clone();
     manifest.layers = run.len();
     manifest.thumbnail = thumbnail;
+    let last_bars = cards.iter().rev().find_map(|c| c.bars.as_ref());
+    manifest.summary = bars::summary(last_bars, &info.tags);
     let html = card::run_page(&run, &cards, &manifest, opts)?;
     write(&dir.join("index.html"), html.as_bytes())?;
     manifest.render_ms = t0.elapsed().as_millis() as u64;
