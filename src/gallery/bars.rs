@@ -71,8 +71,8 @@ pub(super) fn bars(data: &LayerData<'_>, shape: &[usize], sample: usize) -> Opti
 
 /// `predicted 3 (0.981) · label 3` for the index card: the last `[N, classes]`
 /// layer's top class, and the run's `label` tag when it has one.
-pub(super) fn summary<'a>(
-    last: Option<&'a Bars>,
+pub(super) fn summary(
+    last: Option<&Bars>,
     tags: &std::collections::BTreeMap<String, String>,
 ) -> Option<String> {
     let label = tags.get("label");
