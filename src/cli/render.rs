@@ -18,8 +18,9 @@ pub struct RenderArgs {
     /// Which sample (index in dim 0) of each layer to picture.
     #[arg(long, default_value_t = 0)]
     pub sample: usize,
-    /// Colour scale: per-channel, shared, or pLO-HI (percentiles, e.g. p1-99).
-    #[arg(long, default_value = "per-channel", value_parser = parse_scale)]
+    /// Colour scale: auto (p1-99 for [N, T, D] token layers, per-channel otherwise),
+    /// per-channel, shared, or pLO-HI (percentiles, e.g. p1-99).
+    #[arg(long, default_value = "auto", value_parser = parse_scale)]
     pub scale: Scale,
     /// Colormap: auto (viridis, or rdbu for signed layers), viridis, magma, inferno,
     /// plasma, cividis, greys, rdbu, puor.

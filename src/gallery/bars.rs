@@ -106,11 +106,11 @@ mod tests {
         let nan = LayerData::from_f32(vec![f32::NAN, f32::NAN]);
         assert!(bars(&nan, &[1, 2], 0).is_none());
         let mut tags = std::collections::BTreeMap::new();
-        assert_eq!(summary(Some(&b), &tags).unwrap(), "predicted 1 (4)");
+        assert_eq!(summary(Some(&b), &tags).unwrap(), "predicted 1 (4.0000)");
         tags.insert("label".to_string(), "2".to_string());
         assert_eq!(
             summary(Some(&b), &tags).unwrap(),
-            "predicted 1 (4) ✗ · label 2"
+            "predicted 1 (4.0000) ✗ · label 2"
         );
         assert_eq!(summary(None, &tags).unwrap(), "label 2");
     }

@@ -128,6 +128,7 @@ pub(super) fn render_card(
 /// `opts` for a layer of `shape`: a layer with fewer samples than asked shows its last.
 fn sample_options(opts: &RenderOptions, shape: &[usize]) -> RenderOptions {
     let mut o = opts.clone();
+    o.scale = o.scale.resolve(shape);
     if shape.len() >= 2 && shape[0] > 0 {
         o.sample = o.sample.min(shape[0] - 1);
     }
@@ -297,7 +298,9 @@ pub(super) fn run_page(
 
 fn colormap_note(cm: Colormap, o: &RenderOptions) -> String {
     let scale = match o.scale {
-        render::Scale::PerChannel => "each channel scaled to its own range".to_string(),
+        render::Scale::PerChannel | render::Scale::Auto => {
+            "each channel scaled to its own range".to_string()
+        }
         render::Scale::Shared => "one scale for all channels".to_string(),
         render::Scale::Percentile(a, b) => format!("one scale, clipped to percentiles {a}–{b}"),
     };

@@ -48,8 +48,11 @@ use crate::{Error, Result};
 /// How values are mapped to colours.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub enum Scale {
-    /// Each channel (grid cell) from its own min to its own max.
+    /// The default: percentiles 1–99 for token layers (`[N, T, D]`, where a few
+    /// outliers would wash out the rest), [`Scale::PerChannel`] otherwise.
     #[default]
+    Auto,
+    /// Each channel (grid cell) from its own min to its own max.
     PerChannel,
     /// One range, the min and max of all shown values.
     Shared,
@@ -61,6 +64,7 @@ pub enum Scale {
 impl std::fmt::Display for Scale {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
+            Scale::Auto => f.write_str("auto"),
             Scale::PerChannel => f.write_str("per-channel"),
             Scale::Shared => f.write_str("shared"),
             Scale::Percentile(lo, hi) => write!(f, "p{lo}-{hi}"),
@@ -68,18 +72,30 @@ impl std::fmt::Display for Scale {
     }
 }
 
+impl Scale {
+    /// The scale used for a layer of `shape`: [`Scale::Auto`] resolved, others as they are.
+    pub fn resolve(self, shape: &[usize]) -> Scale {
+        match self {
+            Scale::Auto if shape.len() == 3 => Scale::Percentile(1.0, 99.0),
+            Scale::Auto => Scale::PerChannel,
+            s => s,
+        }
+    }
+}
+
 impl std::str::FromStr for Scale {
     type Err = Error;
 
-    /// `per-channel`, `shared` or `pLO-HI` (e.g. `p1-99`).
+    /// `auto`, `per-channel`, `shared` or `pLO-HI` (e.g. `p1-99`).
     fn from_str(s: &str) -> Result<Scale> {
         match s {
+            "auto" => Ok(Scale::Auto),
             "per-channel" | "channel" => Ok(Scale::PerChannel),
             "shared" => Ok(Scale::Shared),
             _ => {
                 let bad = || {
                     Error::option(format!(
-                        "unknown scale {s:?} (use per-channel, shared or pLO-HI such as p1-99)"
+                        "unknown scale {s:?} (use auto, per-channel, shared or pLO-HI such as p1-99)"
                     ))
                 };
                 let (lo, hi) = s
@@ -133,7 +149,7 @@ impl Default for RenderOptions {
     fn default() -> Self {
         RenderOptions {
             sample: 0,
-            scale: Scale::PerChannel,
+            scale: Scale::Auto,
             colormap: Colormap::Auto,
             max_pixels: 4_000_000,
             separator: 1,
@@ -186,7 +202,9 @@ pub fn render_tensor(t: &Tensor, opts: &RenderOptions) -> Result<RgbImage> {
 /// A read of the run file that fails while drawing is an error (see
 /// [`LayerData::check`]).
 pub fn render(data: &LayerData<'_>, shape: &[usize], opts: &RenderOptions) -> Result<Picture> {
-    let picture = draw(data, shape, opts);
+    let mut o = opts.clone();
+    o.scale = o.scale.resolve(shape);
+    let picture = draw(data, shape, &o);
     data.check()?;
     picture
 }

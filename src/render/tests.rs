@@ -120,3 +120,38 @@ fn scales_parse() {
     assert_eq!("shared".parse::<Scale>().unwrap(), Scale::Shared);
     assert!("p99-1".parse::<Scale>().is_err());
 }
+
+#[test]
+fn auto_scale_clips_token_layers_to_percentiles() {
+    assert_eq!(Scale::default(), Scale::Auto);
+    assert_eq!(
+        Scale::Auto.resolve(&[1, 12, 384]),
+        Scale::Percentile(1.0, 99.0)
+    );
+    assert_eq!(Scale::Auto.resolve(&[1, 32, 26, 26]), Scale::PerChannel);
+    assert_eq!(Scale::Shared.resolve(&[1, 12, 384]), Scale::Shared);
+    assert_eq!("auto".parse::<Scale>().unwrap(), Scale::Auto);
+    // One outlier in a [1, T, D] layer no longer washes out the rest: with the
+    // default, the typical values span most of the colour range.
+    let mut v: Vec<f32> = (0..12 * 64).map(|i| ((i * 7) % 13) as f32 * 0.01).collect();
+    v[5] = 100.0;
+    let data = LayerData::from_f32(v);
+    let auto = render(&data, &[1, 12, 64], &RenderOptions::default()).unwrap();
+    let shared = RenderOptions {
+        scale: Scale::Shared,
+        ..RenderOptions::default()
+    };
+    let washed = render(&data, &[1, 12, 64], &shared).unwrap();
+    let distinct = |p: &Picture| {
+        let mut c: Vec<[u8; 3]> = p.image.pixels().map(|p| p.0).collect();
+        c.sort();
+        c.dedup();
+        c.len()
+    };
+    assert!(
+        distinct(&auto) > distinct(&washed) + 5,
+        "{} vs {}",
+        distinct(&auto),
+        distinct(&washed)
+    );
+}
