@@ -129,6 +129,7 @@ pub(super) fn render_card(
 fn sample_options(opts: &RenderOptions, shape: &[usize]) -> RenderOptions {
     let mut o = opts.clone();
     o.scale = o.scale.resolve(shape);
+    o.labels = true;
     if shape.len() >= 2 && shape[0] > 0 {
         o.sample = o.sample.min(shape[0] - 1);
     }

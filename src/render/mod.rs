@@ -29,6 +29,7 @@
 
 mod colormap;
 mod histogram;
+mod labels;
 mod layout;
 
 use candle_core::Tensor;
@@ -143,6 +144,9 @@ pub struct RenderOptions {
     pub min_cell: usize,
     /// Same for pictures of one map or heatmap.
     pub min_side: usize,
+    /// Numbers each grid cell (channel, head) in its corner. Off by default;
+    /// galleries and notebooks turn it on.
+    pub labels: bool,
 }
 
 impl Default for RenderOptions {
@@ -155,6 +159,7 @@ impl Default for RenderOptions {
             separator: 1,
             min_cell: 64,
             min_side: 256,
+            labels: false,
         }
     }
 }
@@ -259,7 +264,10 @@ fn draw(data: &LayerData<'_>, shape: &[usize], opts: &RenderOptions) -> Result<P
         .collect();
     // 3. Paint.
     let tiles: Vec<&[f32]> = reduced.iter().map(Vec::as_slice).collect();
-    let image = paint(&layout, &tiles, &maps, cm);
+    let mut image = paint(&layout, &tiles, &maps, cm);
+    if opts.labels {
+        labels::number_cells(&mut image, &layout);
+    }
     Ok(Picture {
         image,
         layout,
