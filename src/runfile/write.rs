@@ -3,6 +3,7 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
+use std::io::{IoSlice, Write as _};
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Storage, Tensor};
@@ -61,7 +62,8 @@ impl Run {
                 write_safetensors(path, views, header)
             }
             Store::File { .. } => {
-                // One layer in memory at a time: each is read when the writer gets to it.
+                // Each layer is read when the writer gets to it: one big layer, or small ones
+                // up to ~1 MiB (one vectored write), in memory at a time.
                 let failed = std::cell::OnceCell::new();
                 let views = self
                     .layers
@@ -114,20 +116,150 @@ impl View for FileView<'_> {
     }
 }
 
+/// Bytes handed to the kernel between two starts of write-back (see [`Chunked`]).
+const CHUNK: usize = 1 << 20;
+
+/// Writes `views` as a safetensors file at `path` (the same bytes as
+/// `safetensors::serialize_to_file`), synced. Write-back of each [`CHUNK`] starts as
+/// soon as it is written, so the disk works while the rest is copied in and the
+/// final `fsync` waits only for the tail: 101.5 MB in 46 ms instead of 75 ms for
+/// write + `fsync` of the same bytes (benches/README.md, "MiniLM").
 fn write_safetensors<V: View>(
     path: &Path,
     views: Vec<(&str, V)>,
     header: HashMap<String, String>,
 ) -> Result<()> {
-    safetensors::serialize_to_file(views, Some(header), path)
-        .map_err(|e| Error::bad(path, format!("cannot write run file: {e}")))?;
-    let f = std::fs::OpenOptions::new()
-        .write(true)
-        .open(path)
-        .map_err(|e| Error::io(path, e))?;
-    f.sync_all().map_err(|e| Error::io(path, e))?;
-    Ok(())
+    let bad =
+        |e: safetensors::SafeTensorError| Error::bad(path, format!("cannot write run file: {e}"));
+    let (head, views) = prepare(views, header).map_err(bad)?;
+    let file = std::fs::File::create(path).map_err(|e| Error::io(path, e))?;
+    let mut w = Chunked::new(&file);
+    let res = (|| {
+        w.push(Cow::Owned((head.len() as u64).to_le_bytes().to_vec()))?;
+        w.push(Cow::Owned(head))?;
+        for v in &views {
+            w.push(v.data())?;
+        }
+        w.flush()?;
+        file.sync_all()
+    })();
+    res.map_err(|e| Error::io(path, e))
 }
+
+/// The header of a safetensors file (JSON padded with spaces to a multiple of 8)
+/// and the views in file order, as `safetensors` lays them out: by descending
+/// dtype, then by name.
+fn prepare<V: View>(
+    mut views: Vec<(&str, V)>,
+    header: HashMap<String, String>,
+) -> std::result::Result<(Vec<u8>, Vec<V>), safetensors::SafeTensorError> {
+    views.sort_by(|(ln, l), (rn, r)| r.dtype().cmp(&l.dtype()).then(ln.cmp(rn)));
+    let mut infos = Vec::with_capacity(views.len());
+    let mut offset = 0;
+    for (name, v) in &views {
+        let n = v.data_len();
+        infos.push((
+            name.to_string(),
+            safetensors::tensor::TensorInfo {
+                dtype: v.dtype(),
+                shape: v.shape().to_vec(),
+                data_offsets: (offset, offset + n),
+            },
+        ));
+        offset += n;
+    }
+    let meta = safetensors::tensor::Metadata::new(Some(header), infos)?;
+    let mut head = serde_json::to_vec(&meta)?;
+    head.resize(head.len().next_multiple_of(8), b' ');
+    Ok((head, views.into_iter().map(|(_, v)| v).collect()))
+}
+
+/// Writes pieces in vectored batches of about [`CHUNK`] bytes and starts the
+/// write-back of each batch right away (`sync_file_range(SYNC_FILE_RANGE_WRITE)`
+/// on Linux: a hint that does not wait; the caller's `fsync` is what makes the
+/// file durable).
+struct Chunked<'f, 'a> {
+    file: &'f std::fs::File,
+    pending: Vec<Cow<'a, [u8]>>,
+    pending_len: usize,
+    written: u64,
+}
+
+impl<'f, 'a> Chunked<'f, 'a> {
+    fn new(file: &'f std::fs::File) -> Self {
+        Chunked {
+            file,
+            pending: Vec::new(),
+            pending_len: 0,
+            written: 0,
+        }
+    }
+
+    fn push(&mut self, data: Cow<'a, [u8]>) -> std::io::Result<()> {
+        if data.len() < CHUNK {
+            self.pending_len += data.len();
+            self.pending.push(data);
+            if self.pending_len >= CHUNK || self.pending.len() >= 512 {
+                self.flush()?;
+            }
+            return Ok(());
+        }
+        self.flush()?;
+        for piece in data.chunks(CHUNK) {
+            self.write(&mut [IoSlice::new(piece)])?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let pending = std::mem::take(&mut self.pending);
+        let mut slices: Vec<IoSlice> = pending.iter().map(|d| IoSlice::new(d)).collect();
+        self.write(&mut slices)?;
+        self.pending_len = 0;
+        Ok(())
+    }
+
+    /// Writes all of `slices`, then starts the write-back of what they held.
+    fn write(&mut self, mut slices: &mut [IoSlice]) -> std::io::Result<()> {
+        let start = self.written;
+        while !slices.is_empty() {
+            match (&mut &*self.file).write_vectored(slices) {
+                Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    self.written += n as u64;
+                    IoSlice::advance_slices(&mut slices, n);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        start_writeback(self.file, start, self.written - start);
+        Ok(())
+    }
+}
+
+/// Asks the kernel to start writing `len` bytes at `offset` of `file` to disk,
+/// without waiting (errors ignored: the final `fsync` reports them).
+#[cfg(target_os = "linux")]
+fn start_writeback(file: &std::fs::File, offset: u64, len: u64) {
+    use std::os::fd::AsRawFd;
+    if len == 0 {
+        return;
+    }
+    // SAFETY: sync_file_range only reads its integer arguments; the fd is open for
+    // as long as `file` is borrowed.
+    unsafe {
+        libc::sync_file_range(
+            file.as_raw_fd(),
+            offset as libc::off64_t,
+            len as libc::off64_t,
+            libc::SYNC_FILE_RANGE_WRITE,
+        );
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn start_writeback(_file: &std::fs::File, _offset: u64, _len: u64) {}
 
 /// Bytes of one tensor for the safetensors writer, borrowed when possible.
 struct RawView<'a> {
@@ -188,5 +320,62 @@ impl View for RawView<'_> {
     }
     fn data_len(&self) -> usize {
         self.data.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A view over owned bytes.
+    struct Bytes(Dtype, Vec<usize>, Vec<u8>);
+
+    impl View for &Bytes {
+        fn dtype(&self) -> Dtype {
+            self.0
+        }
+        fn shape(&self) -> &[usize] {
+            &self.1
+        }
+        fn data(&self) -> Cow<'_, [u8]> {
+            Cow::Borrowed(&self.2)
+        }
+        fn data_len(&self) -> usize {
+            self.2.len()
+        }
+    }
+
+    #[test]
+    fn writes_the_bytes_safetensors_writes() {
+        let n = |k: usize, seed: u8| (0..k).map(|i| (i as u8).wrapping_mul(seed)).collect();
+        // Many small layers (batched), one spanning several chunks, mixed dtypes.
+        let mut layers: Vec<(String, Bytes)> = (0..700)
+            .map(|i| {
+                (
+                    format!("small.{i}"),
+                    Bytes(Dtype::F32, vec![3], n(12, i as u8)),
+                )
+            })
+            .collect();
+        layers.push((
+            "big".into(),
+            Bytes(Dtype::F32, vec![CHUNK / 2 + 3], n(2 * CHUNK + 12, 7)),
+        ));
+        layers.push(("ids".into(), Bytes(Dtype::U8, vec![5], n(5, 3))));
+        layers.push(("half".into(), Bytes(Dtype::F16, vec![2], n(4, 5))));
+        let header: HashMap<String, String> = [("k".to_string(), "v".to_string())].into();
+        let views = || {
+            layers
+                .iter()
+                .map(|(k, v)| (k.as_str(), v))
+                .collect::<Vec<_>>()
+        };
+        let want = safetensors::serialize(views(), Some(header.clone())).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.safetensors");
+        write_safetensors(&path, views(), header).unwrap();
+        let got = std::fs::read(&path).unwrap();
+        assert_eq!(got.len(), want.len());
+        assert!(got == want, "bytes differ from safetensors::serialize");
     }
 }
