@@ -40,6 +40,9 @@ use candle_core::Tensor;
 use candlelight::models::minilm::{default_dir, Encoded, MiniLm};
 use candlelight::{Recorder, Run};
 
+mod common;
+use common::{ms, Figure};
+
 /// 16 tokens with [CLS] and [SEP] (as in `benches/minilm_torch.py`).
 const SENTENCE: &str = "The quick brown fox jumps over the lazy dog near the river bank.";
 const TOKENS: usize = 16;
@@ -141,46 +144,6 @@ fn minor_faults() -> i64 {
         libc::getrusage(libc::RUSAGE_SELF, &mut u);
         u.ru_minflt
     }
-}
-
-/// One side's times, in round order.
-struct Figure(Vec<Duration>);
-
-impl Figure {
-    fn sorted(&self) -> Vec<Duration> {
-        let mut v = self.0.clone();
-        v.sort();
-        v
-    }
-
-    fn median(&self) -> Duration {
-        self.sorted()[self.0.len() / 2]
-    }
-
-    fn min(&self) -> Duration {
-        self.sorted()[0]
-    }
-
-    /// `self / other`: median/median, min/min, median of the per-round ratios.
-    fn ratio(&self, other: &Figure) -> [f64; 3] {
-        let r = |a: Duration, b: Duration| a.as_secs_f64() / b.as_secs_f64();
-        let mut paired: Vec<f64> = self
-            .0
-            .iter()
-            .zip(&other.0)
-            .map(|(&a, &b)| r(a, b))
-            .collect();
-        paired.sort_by(f64::total_cmp);
-        [
-            r(self.median(), other.median()),
-            r(self.min(), other.min()),
-            paired[paired.len() / 2],
-        ]
-    }
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
 }
 
 fn loadavg() -> String {

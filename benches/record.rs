@@ -27,6 +27,9 @@ use candlelight::nn::Seq;
 use candlelight::{record_as, tap, Recorder, Run};
 use criterion::Criterion;
 
+mod common;
+use common::{ms, Figure};
+
 const BATCH: usize = 64;
 /// Rounds of the summary (each round runs every side once).
 const ROUNDS: usize = 40;
@@ -220,47 +223,6 @@ fn criterion_groups(c: &mut Criterion, s: &Setup) {
         });
     }
     g.finish();
-}
-
-/// One side's times, in round order.
-struct Figure(Vec<Duration>);
-
-impl Figure {
-    fn sorted(&self) -> Vec<Duration> {
-        let mut v = self.0.clone();
-        v.sort();
-        v
-    }
-
-    fn median(&self) -> Duration {
-        self.sorted()[self.0.len() / 2]
-    }
-
-    fn min(&self) -> Duration {
-        self.sorted()[0]
-    }
-
-    /// `self / other`: median/median, min/min, and the median of the per-round
-    /// ratios (the two sides ran next to each other, so slow spells cancel out).
-    fn ratio(&self, other: &Figure) -> [f64; 3] {
-        let r = |a: Duration, b: Duration| a.as_secs_f64() / b.as_secs_f64();
-        let mut paired: Vec<f64> = self
-            .0
-            .iter()
-            .zip(&other.0)
-            .map(|(&a, &b)| r(a, b))
-            .collect();
-        paired.sort_by(f64::total_cmp);
-        [
-            r(self.median(), other.median()),
-            r(self.min(), other.min()),
-            paired[paired.len() / 2],
-        ]
-    }
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
 }
 
 fn summary(s: &Setup, rounds: usize) -> Result<()> {

@@ -1,0 +1,46 @@
+//! Timing helpers shared by the benches that run both sides in rounds.
+
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+/// One side's times, in round order.
+pub struct Figure(pub Vec<Duration>);
+
+impl Figure {
+    pub fn sorted(&self) -> Vec<Duration> {
+        let mut v = self.0.clone();
+        v.sort();
+        v
+    }
+
+    pub fn median(&self) -> Duration {
+        self.sorted()[self.0.len() / 2]
+    }
+
+    pub fn min(&self) -> Duration {
+        self.sorted()[0]
+    }
+
+    /// `self / other`: median/median, min/min, and the median of the per-round
+    /// ratios (the two sides ran next to each other, so slow spells cancel out).
+    pub fn ratio(&self, other: &Figure) -> [f64; 3] {
+        let r = |a: Duration, b: Duration| a.as_secs_f64() / b.as_secs_f64();
+        let mut paired: Vec<f64> = self
+            .0
+            .iter()
+            .zip(&other.0)
+            .map(|(&a, &b)| r(a, b))
+            .collect();
+        paired.sort_by(f64::total_cmp);
+        [
+            r(self.median(), other.median()),
+            r(self.min(), other.min()),
+            paired[paired.len() / 2],
+        ]
+    }
+}
+
+pub fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
