@@ -121,18 +121,10 @@ fn timed_save(run: &Run, dir: &Path) -> Duration {
 /// Writes `bytes` as `save` does (dot temp file, `sync_all`, rename, sync of the
 /// folder); removing the file is not timed.
 fn timed_atomic_write(dir: &Path, bytes: &[u8]) -> Duration {
-    use std::io::Write as _;
-    let (tmp, path) = (dir.join(".plain.bin.tmp"), dir.join("plain.bin"));
     let t = Instant::now();
-    let mut f = std::fs::File::create(&tmp).expect("create");
-    f.write_all(bytes).expect("write");
-    f.sync_all().expect("sync");
-    std::fs::rename(&tmp, &path).expect("rename");
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .expect("sync dir");
+    common::atomic_write(dir, bytes);
     let took = t.elapsed();
-    std::fs::remove_file(&path).expect("remove");
+    std::fs::remove_file(dir.join("plain.bin")).expect("remove");
     took
 }
 

@@ -148,16 +148,7 @@ fn timed_write(dir: &Path, bytes: &[u8], how: Write) -> Duration {
             f.write_all(bytes).expect("write");
             f.sync_all().expect("sync");
         }
-        Write::Atomic => {
-            let tmp = dir.join(".plain.bin.tmp");
-            let mut f = std::fs::File::create(&tmp).expect("create");
-            f.write_all(bytes).expect("write");
-            f.sync_all().expect("sync");
-            std::fs::rename(&tmp, &path).expect("rename");
-            std::fs::File::open(dir)
-                .and_then(|d| d.sync_all())
-                .expect("sync dir");
-        }
+        Write::Atomic => common::atomic_write(dir, bytes),
     }
     let took = t.elapsed();
     std::fs::remove_file(&path).expect("remove");

@@ -2,6 +2,7 @@
 
 #![allow(dead_code)]
 
+use std::path::Path;
 use std::time::Duration;
 
 /// One side's times, in round order.
@@ -43,4 +44,18 @@ impl Figure {
 
 pub fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
+}
+
+/// Writes `bytes` to `dir/plain.bin` as `Run::save` does (dot temp file,
+/// `sync_all`, rename, sync of the folder): the baseline of the save benches.
+pub fn atomic_write(dir: &Path, bytes: &[u8]) {
+    use std::io::Write as _;
+    let (tmp, path) = (dir.join(".plain.bin.tmp"), dir.join("plain.bin"));
+    let mut f = std::fs::File::create(&tmp).expect("create");
+    f.write_all(bytes).expect("write");
+    f.sync_all().expect("sync");
+    std::fs::rename(&tmp, &path).expect("rename");
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .expect("sync dir");
 }
