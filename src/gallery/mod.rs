@@ -220,12 +220,40 @@ pub fn gallery_name(run_path: &Path) -> String {
     let stem = run_path.file_stem().unwrap_or_default();
     let text = stem.to_string_lossy();
     let clean = sanitize_id(&text);
-    let lossless = clean == text && !clean.eq_ignore_ascii_case("index.html");
+    let lossless = clean == text && !is_reserved(&clean);
     if lossless {
         return clean;
     }
     let short: String = clean.chars().take(80).collect();
     format!("{short}~{:016x}", fnv1a(stem.as_encoded_bytes()))
+}
+
+/// Folder of the diff galleries inside a galleries root: `out/diffs/<A>~vs~<B>/`
+/// (see [`diff_dir_name`]). No run's gallery is ever called this.
+pub const DIFFS_DIR: &str = "diffs";
+/// Folder of the across-runs pages inside a galleries root (`out/trends/`). No
+/// run's gallery is ever called this.
+pub const TRENDS_DIR: &str = "trends";
+
+/// Names in a galleries root that belong to candlelight's own pages: a run file
+/// with such a stem gets a hashed gallery name instead. Also every name ending in
+/// `.html` (index pages).
+fn is_reserved(name: &str) -> bool {
+    let lower = name.to_ascii_lowercase();
+    [DIFFS_DIR, TRENDS_DIR, "assets"].contains(&lower.as_str()) || lower.ends_with(".html")
+}
+
+/// The folder name (inside `out/`[`DIFFS_DIR`]) of the diff gallery of the runs
+/// whose galleries are `a` and `b` ([`gallery_name`]s): `<a>~vs~<b>`. Gallery names
+/// never contain `~vs~`, so the pair can be read back with [`split_diff_dir_name`].
+pub fn diff_dir_name(a: &str, b: &str) -> String {
+    format!("{a}~vs~{b}")
+}
+
+/// The two gallery names of a [`diff_dir_name`], if it is one.
+pub fn split_diff_dir_name(name: &str) -> Option<(&str, &str)> {
+    let (a, b) = name.split_once("~vs~")?;
+    (!a.is_empty() && !b.is_empty() && !b.contains("~vs~")).then_some((a, b))
 }
 
 /// FNV-1a, 64 bits: a hash that never changes between builds or platforms.
@@ -407,6 +435,9 @@ mod tests {
         for (input, start) in [
             ("runs/.hidden.safetensors", "_hidden~"),
             ("runs/index.html.safetensors", "index.html~"),
+            ("runs/Diffs.safetensors", "Diffs~"),
+            ("runs/trends.safetensors", "trends~"),
+            ("runs/page-2.html.safetensors", "page-2.html~"),
             ("runs/<script>.safetensors", "-script-~"),
         ] {
             let g = gallery_name(Path::new(input));
@@ -455,6 +486,9 @@ mod tests {
             "a-b~e64db119048f9eb6"
         );
         assert_eq!(fnv1a(b""), 0xcbf2_9ce4_8422_2325);
+        let d = diff_dir_name("a-1", "b~0123456789abcdef");
+        assert_eq!(split_diff_dir_name(&d), Some(("a-1", "b~0123456789abcdef")));
+        assert_eq!(split_diff_dir_name("a-1"), None);
         assert_eq!(fnv1a(b"a"), 0xaf63_dc4c_8601_ec8c);
     }
 
