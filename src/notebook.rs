@@ -161,13 +161,17 @@ impl Run {
             .clone();
         let data = self.data_at(l.index)?;
         let title = format!("{} · {}", self.id(), l.name);
+        let mut opts = opts.clone();
+        if opts.tokens.is_none() {
+            opts.tokens = self.info().tokens();
+        }
         layer_html(
             &title,
             l.kind.as_deref().unwrap_or(""),
             &l.shape,
             &l.dtype.to_string(),
             &data,
-            opts,
+            &opts,
         )
     }
 
@@ -194,8 +198,13 @@ fn layer_html(
     opts: &RenderOptions,
 ) -> Result<Html> {
     let stats = Stats::of(data);
+    let opts = &RenderOptions {
+        labels: true,
+        ..opts.clone()
+    };
     let pic = render(data, shape, opts)?;
     let hist = Histogram::of(data, &stats, 64);
+    let bars = crate::gallery::bars::bars(data, shape, opts.sample);
     data.check()?;
     let hist_img = render_histogram(&hist, pic.colormap, 480, 110);
     Ok(Html(page(
@@ -205,7 +214,13 @@ fn layer_html(
             kind => kind,
             shape => shape_str(shape),
             dtype => dtype,
-            layout => pic.layout.describe(),
+            layout => crate::render::caption_with_axes(
+                &pic.layout.describe(),
+                shape,
+                (!kind.is_empty()).then_some(kind),
+                opts,
+            ),
+            bars => bars,
             colormap => pic.colormap.name(),
             scale => opts.scale.to_string(),
             range => pic.range.map(|(a, b)| format!("{} … {}", fmt_num(a as f64), fmt_num(b as f64))),
@@ -254,6 +269,18 @@ impl Show {
         self.opts.scale = s;
         self
     }
+    /// Labels token axes with these tokens (one list per sample, or one for all):
+    /// rows of `[N, T, D]`, query rows and key columns of `[N, heads, T, T]`.
+    pub fn tokens<S: Into<String>>(mut self, tokens: impl IntoIterator<Item = Vec<S>>) -> Self {
+        self.opts.tokens = Some(
+            tokens
+                .into_iter()
+                .map(|t| t.into_iter().map(Into::into).collect())
+                .collect(),
+        );
+        self
+    }
+
     /// A title above the picture.
     pub fn title(mut self, t: impl Into<String>) -> Self {
         self.title = t.into();

@@ -11,7 +11,7 @@ pub(super) const MAX_CLASSES: usize = 100;
 
 /// One sample's values of a `[N, classes]` layer, ready for the page.
 #[derive(Debug, Clone, Serialize)]
-pub(super) struct Bars {
+pub(crate) struct Bars {
     pub sample: usize,
     pub rows: Vec<BarRow>,
     /// The class with the largest value (the prediction).
@@ -21,7 +21,7 @@ pub(super) struct Bars {
 
 /// One class: its label, value, and bar (percent of the largest |value|).
 #[derive(Debug, Clone, Serialize)]
-pub(super) struct BarRow {
+pub(crate) struct BarRow {
     pub label: String,
     pub value: String,
     pub width: String,
@@ -31,7 +31,7 @@ pub(super) struct BarRow {
 
 /// The bars of sample `sample` of a layer of `shape`, when it is `[N, C]` with
 /// 2 ≤ C ≤ [`MAX_CLASSES`] and the sample has a finite value.
-pub(super) fn bars(data: &LayerData<'_>, shape: &[usize], sample: usize) -> Option<Bars> {
+pub(crate) fn bars(data: &LayerData<'_>, shape: &[usize], sample: usize) -> Option<Bars> {
     let &[n, c] = shape else { return None };
     if !(2..=MAX_CLASSES).contains(&c) || n == 0 {
         return None;

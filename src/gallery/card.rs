@@ -113,13 +113,20 @@ pub(super) fn render_card(
         data.check()?;
         card.inactive = card.activity.as_ref().and_then(Activity::describe);
     }
-    let ropts = sample_options(&opts.render, &l.shape);
+    let mut ropts = sample_options(&opts.render, &l.shape);
+    if ropts.tokens.is_none() {
+        ropts.tokens = run.info().tokens();
+    }
     card.bars = super::bars::bars(&data, &l.shape, ropts.sample);
     data.check()?;
     let picture = render::render(&data, &l.shape, &ropts);
     data.check()?;
     match picture {
-        Ok(pic) => card.set_picture(&data, &pic, &stats, &ropts, dir)?,
+        Ok(pic) => {
+            card.set_picture(&data, &pic, &stats, &ropts, dir)?;
+            card.caption =
+                render::caption_with_axes(&card.caption, &l.shape, l.kind.as_deref(), &ropts);
+        }
         Err(e) => card.error = Some(e.to_string()),
     }
     Ok(card)

@@ -40,7 +40,7 @@ use minijinja::context;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-mod bars;
+pub(crate) mod bars;
 mod card;
 mod index;
 

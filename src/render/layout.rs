@@ -56,7 +56,9 @@ impl Axis {
 }
 
 /// The geometry of a picture: which values go where. Pixel (x, y) of the picture
-/// belongs to grid cell (y / (cell_h + separator), x / (cell_w + separator)).
+/// belongs to grid cell ((y - origin_y) / (cell_h + separator), (x - origin_x) /
+/// (cell_w + separator)); the margins left of `origin_x` and above `origin_y` hold
+/// token labels (zero without them).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Layout {
     /// Grid, heatmap, folded vector or empty.
@@ -91,10 +93,14 @@ pub struct Layout {
     pub cell_w: usize,
     /// Separator width in pixels.
     pub separator: usize,
-    /// Picture width in pixels.
+    /// Picture width in pixels (margins included).
     pub width: usize,
-    /// Picture height in pixels.
+    /// Picture height in pixels (margins included).
     pub height: usize,
+    /// Left margin (row labels) in pixels: where the grid starts.
+    pub origin_x: usize,
+    /// Top margin (column labels) in pixels: where the grid starts.
+    pub origin_y: usize,
 }
 
 impl Layout {
@@ -195,7 +201,8 @@ pub fn layout(shape: &[usize], opts: &RenderOptions) -> Result<Layout> {
         } else {
             opts.min_cell
         };
-        if let Some((y, x)) = fit(kind, rows, cols, h, w, sep, target, budget) {
+        let min_px = super::labels::token_min_px(shape, opts);
+        if let Some((y, x)) = fit(kind, rows, cols, h, w, sep, target, min_px, budget) {
             let (cell_h, cell_w) = (y.pixels(h), x.pixels(w));
             return Ok(Layout {
                 kind,
@@ -216,6 +223,8 @@ pub fn layout(shape: &[usize], opts: &RenderOptions) -> Result<Layout> {
                 separator: sep,
                 width: cols * cell_w + (cols - 1) * sep,
                 height: rows * cell_h + (rows - 1) * sep,
+                origin_x: 0,
+                origin_y: 0,
             });
         }
         // Too many tiles even at one pixel each: show fewer.
@@ -265,8 +274,9 @@ fn tile_shape(shape: &[usize], per: usize) -> (LayoutKind, usize, usize, usize, 
     }
 }
 
-/// Zoom / reduction per axis so cells reach `target` pixels (enlarging only) and the
-/// picture stays within `budget` pixels; `None` when even 1-pixel cells do not fit.
+/// Zoom / reduction per axis so cells reach `target` pixels (enlarging only), each
+/// row and column at least `min_px` (y, x) pixels (token labels), and the picture
+/// stays within `budget` pixels; `None` when even 1-pixel cells do not fit.
 #[allow(clippy::too_many_arguments)]
 fn fit(
     kind: LayoutKind,
@@ -276,10 +286,11 @@ fn fit(
     w: usize,
     sep: usize,
     target: usize,
+    min_px: (usize, usize),
     budget: usize,
 ) -> Option<(Axis, Axis)> {
     let zoom = (target as f64 / h.max(w) as f64).ceil().max(1.0);
-    let (mut sy, mut sx) = (zoom, zoom);
+    let (mut sy, mut sx) = (zoom.max(min_px.0 as f64), zoom.max(min_px.1 as f64));
     if kind != LayoutKind::Grid {
         let (ph, pw) = (h as f64 * sy, w as f64 * sx);
         if pw > MAX_ASPECT * ph {
@@ -329,6 +340,8 @@ impl Layout {
             separator,
             width: EMPTY_SIDE,
             height: EMPTY_SIDE,
+            origin_x: 0,
+            origin_y: 0,
         }
     }
 }

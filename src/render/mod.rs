@@ -38,6 +38,8 @@ use rayon::prelude::*;
 
 pub use colormap::{Colormap, FLAG, SEPARATOR};
 pub use histogram::{render_histogram, Histogram};
+pub use labels::{caption_with_axes, TOKEN_CHARS};
+pub(crate) use labels::{sample_tokens, token_axes, token_margins};
 pub use layout::{layout, Axis, Layout, LayoutKind, EMPTY_SIDE};
 
 use layout::checked_len;
@@ -147,6 +149,13 @@ pub struct RenderOptions {
     /// Numbers each grid cell (channel, head) in its corner. Off by default;
     /// galleries and notebooks turn it on.
     pub labels: bool,
+    /// The input's token strings, one list per sample (the run facts' `tokens`,
+    /// [`crate::Run::tokens`]), or one list for every sample. Token axes of the
+    /// shown sample get labelled margins: rows of `[N, T, D]`, query rows and key
+    /// columns of `[N, heads, T, T]` (when T is the number of tokens), and each
+    /// token row gets at least 10 pixels when the budget allows (margins come on
+    /// top of [`RenderOptions::max_pixels`]).
+    pub tokens: Option<Vec<Vec<String>>>,
 }
 
 impl Default for RenderOptions {
@@ -160,6 +169,7 @@ impl Default for RenderOptions {
             min_cell: 64,
             min_side: 256,
             labels: false,
+            tokens: None,
         }
     }
 }
@@ -264,7 +274,12 @@ fn draw(data: &LayerData<'_>, shape: &[usize], opts: &RenderOptions) -> Result<P
         .collect();
     // 3. Paint.
     let tiles: Vec<&[f32]> = reduced.iter().map(Vec::as_slice).collect();
+    let mut layout = layout;
     let mut image = paint(&layout, &tiles, &maps, cm);
+    let (rows, cols) = labels::token_axes(shape, labels::sample_tokens(opts));
+    if rows.is_some() || cols.is_some() {
+        image = labels::token_margins(&image, &mut layout, rows, cols);
+    }
     if opts.labels {
         labels::number_cells(&mut image, &layout);
     }

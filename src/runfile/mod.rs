@@ -65,6 +65,14 @@ pub struct RunInfo {
     pub extra: serde_json::Map<String, serde_json::Value>,
 }
 
+impl RunInfo {
+    /// The input's token strings, one list per sample (`tokens` in the run facts),
+    /// if the run has them in the documented form (a list of lists of strings).
+    pub fn tokens(&self) -> Option<Vec<Vec<String>>> {
+        serde_json::from_value(self.extra.get("tokens")?.clone()).ok()
+    }
+}
+
 /// One layer of a run: its name, kind, shape and dtype.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct LayerInfo {

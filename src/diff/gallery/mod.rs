@@ -136,11 +136,13 @@ fn sort_key(v: f64) -> String {
 fn render_rows(d: &RunDiff, a: &Run, b: &Run, dir: &Path) -> Result<Vec<Row>> {
     let first = d.layers.iter().position(|l| l.diverges);
     let mut rows = Vec::with_capacity(d.layers.len());
+    // Token axes are labelled with A's tokens (B's when A has none).
+    let tokens = a.info().tokens().or_else(|| b.info().tokens());
     for (i, l) in d.layers.iter().enumerate() {
         let stem = layer_file_stem(i, l.name());
         let da = l.index_a.map(|k| a.data_at(k)).transpose()?;
         let db = l.index_b.map(|k| b.data_at(k)).transpose()?;
-        let (pic_a, pic_b, pic_d) = pictures(l, da.as_ref(), db.as_ref(), dir, &stem)?;
+        let (pic_a, pic_b, pic_d) = pictures(l, da.as_ref(), db.as_ref(), dir, &stem, &tokens)?;
         for data in da.iter().chain(db.iter()) {
             data.check()?;
         }
@@ -236,12 +238,14 @@ fn pictures(
     db: Option<&LayerData<'_>>,
     dir: &Path,
     stem: &str,
+    tokens: &Option<Vec<Vec<String>>>,
 ) -> Result<Pictures> {
     // Smaller than the galleries' pictures: three of them sit side by side.
     let opts = RenderOptions {
         max_pixels: MAX_PIXELS,
         min_cell: 40,
         min_side: 200,
+        tokens: tokens.clone(),
         ..RenderOptions::default()
     };
     let file = |suffix: &str| format!("{stem}.{suffix}.png");
@@ -282,20 +286,25 @@ fn pictures(
         None => "no finite value".into(),
     };
     let side = |f: fn(&PairTile) -> &[f32]| tiles.iter().map(f).collect::<Vec<_>>();
-    let ia = render::paint(&layout, &side(|t| &t.a), &maps, cm);
-    let ib = render::paint(&layout, &side(|t| &t.b), &maps, cm);
+    let (rows, cols) = render::token_axes(&shape, render::sample_tokens(&opts));
+    let framed = |img: RgbImage| match (rows, cols) {
+        (None, None) => img,
+        _ => render::token_margins(&img, &mut layout.clone(), rows, cols),
+    };
+    let ia = framed(render::paint(&layout, &side(|t| &t.a), &maps, cm));
+    let ib = framed(render::paint(&layout, &side(|t| &t.b), &maps, cm));
     let m = tiles
         .iter()
         .flat_map(|t| t.d.iter())
         .filter(|v| v.is_finite())
         .fold(0f32, |m, v| m.max(v.abs()));
     let dmap = Mapping::new(Colormap::RdBu, Some((-m, m)), None);
-    let id = render::paint(
+    let id = framed(render::paint(
         &layout,
         &side(|t| &t.d),
         &vec![dmap; tiles.len()],
         Colormap::RdBu,
-    );
+    ));
     let dscale = if m > 0.0 {
         format!(
             "rdbu: red A > B, blue A < B, white equal; +/-{} (largest shown)",
