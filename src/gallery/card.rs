@@ -176,7 +176,7 @@ impl Card {
             caption = format!("sample {} of {}: {caption}", lay.sample, lay.samples);
         }
         self.caption = caption;
-        self.colormap = colormap_note(pic.colormap, ropts);
+        self.colormap = colormap_note(pic.colormap, pic.colour_range, ropts);
         self.range = pic
             .range
             .map(|(a, b)| (fmt_num(a as f64), fmt_num(b as f64)));
@@ -304,13 +304,19 @@ pub(super) fn run_page(
     )
 }
 
-fn colormap_note(cm: Colormap, o: &RenderOptions) -> String {
+fn colormap_note(cm: Colormap, colour_range: Option<(f32, f32)>, o: &RenderOptions) -> String {
     let scale = match o.scale {
         render::Scale::PerChannel | render::Scale::Auto => {
             "each channel scaled to its own range".to_string()
         }
         render::Scale::Shared => "one scale for all channels".to_string(),
         render::Scale::Percentile(a, b) => format!("one scale, clipped to percentiles {a}–{b}"),
+    };
+    let scale = match colour_range {
+        Some((lo, hi)) if matches!(o.scale, render::Scale::Percentile(..)) => {
+            format!("{scale} ({} … {})", fmt_num(lo as f64), fmt_num(hi as f64))
+        }
+        _ => scale,
     };
     let map = if cm.is_diverging() {
         format!("{cm}, centred on 0")

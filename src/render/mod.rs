@@ -6,7 +6,10 @@
 //!   normalized on its own by default ([`Scale`]), small maps enlarged with
 //!   nearest-neighbour so a cell is at least [`RenderOptions::min_cell`] pixels.
 //!   Maps of 1×1 are a vector (folded, below); maps of 1×L or L×1 make a C × L heatmap.
-//! - `[N, T, D]`: a T × D heatmap of one sample.
+//! - `[N, T, D]`: a T × D heatmap of one sample; with the run's tokens
+//!   ([`RenderOptions::tokens`]) each row is labelled with its token in a margin.
+//! - `[N, heads, T, T]` attention patterns are a grid of heads (numbered), query
+//!   rows × key columns, labelled with the tokens on both axes.
 //! - `[N, D]`, `[D]`, scalars: the values folded row by row into a near-square heatmap.
 //! - Zero-size layers: a small blank picture.
 //!
@@ -185,6 +188,9 @@ pub struct Picture {
     pub colormap: Colormap,
     /// Smallest and largest finite value shown (after any downsampling), if any.
     pub range: Option<(f32, f32)>,
+    /// The one colour range of a [`Scale::Shared`] or [`Scale::Percentile`] picture
+    /// (values beyond it are clipped); `None` when each channel has its own.
+    pub colour_range: Option<(f32, f32)>,
 }
 
 /// Renders a layer (its values and shape) as an RGB image.
@@ -242,6 +248,7 @@ fn draw(data: &LayerData<'_>, shape: &[usize], opts: &RenderOptions) -> Result<P
             layout,
             colormap: cm,
             range: None,
+            colour_range: None,
         });
     }
     // 1. Read each tile, reduced to what the picture shows.
@@ -288,6 +295,9 @@ fn draw(data: &LayerData<'_>, shape: &[usize], opts: &RenderOptions) -> Result<P
         layout,
         colormap: cm,
         range,
+        colour_range: (opts.scale != Scale::PerChannel)
+            .then_some(shared)
+            .flatten(),
     })
 }
 

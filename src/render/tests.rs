@@ -142,6 +142,14 @@ fn auto_scale_clips_token_layers_to_percentiles() {
         ..RenderOptions::default()
     };
     let washed = render(&data, &[1, 12, 64], &shared).unwrap();
+    // The colour range is reported: the percentiles (the outlier clipped), while
+    // `range` still gives every shown value; per-channel pictures have none.
+    let (lo, hi) = auto.colour_range.unwrap();
+    assert!(lo >= 0.0 && hi <= 0.12 + 1e-6, "{lo} {hi}");
+    assert_eq!(auto.range.unwrap().1, 100.0);
+    assert_eq!(washed.colour_range, washed.range);
+    let grid = render(&data, &[1, 3, 16, 16], &RenderOptions::default()).unwrap();
+    assert_eq!(grid.colour_range, None);
     let distinct = |p: &Picture| {
         let mut c: Vec<[u8; 3]> = p.image.pixels().map(|p| p.0).collect();
         c.sort();
