@@ -407,3 +407,44 @@ fn a_wrong_layer_name_is_one_error_line_and_nothing_else() {
     assert!(err.contains("did you mean \"layer1\"?"), "{err}");
     assert!(err.contains("layers: layer0, layer1"), "{err}");
 }
+
+#[test]
+fn demo_replaces_its_own_earlier_runs_and_nothing_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let (runs, out) = (dir.path().join("runs"), dir.path().join("galleries"));
+    let args = [
+        "demo",
+        "--runs",
+        runs.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    cl_code(&args, dir.path(), 0);
+    let count = |ext: &str| {
+        std::fs::read_dir(&runs)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.path().extension().is_some_and(|x| x == ext))
+            .count()
+    };
+    let first = count("safetensors");
+    assert!(first >= 2, "{first} demo runs");
+    // A user's run and a file that is not a run, in the same folder: kept.
+    let mine = write_run(&runs, "mine", 1);
+    std::fs::write(runs.join("notes.safetensors"), b"not a run").unwrap();
+    let again = cl_code(&args, dir.path(), 0);
+    let s = stdout(&again);
+    assert!(
+        s.contains(&format!("replaced {first} run(s) of an earlier demo")),
+        "{s}"
+    );
+    assert_eq!(count("safetensors"), first + 2, "no growth per demo");
+    assert!(mine.is_file() && runs.join("notes.safetensors").is_file());
+    // One gallery per demo run (the replaced runs' galleries are gone).
+    let galleries = std::fs::read_dir(&out)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().join("manifest.json").is_file())
+        .count();
+    assert_eq!(galleries, first);
+}

@@ -5,8 +5,11 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use candle_core::Device;
-use candlelight::gallery::{render_gallery, write_index, GalleryOptions};
-use candlelight::models::mnist_cnn::{default_weights_path, record_sample_digits, MnistCnn};
+use candlelight::gallery::{remove_gallery, render_gallery, write_index, GalleryOptions};
+use candlelight::models::mnist_cnn::{
+    default_weights_path, record_sample_digits, MnistCnn, DEMO_TAG,
+};
+use candlelight::Run;
 
 use super::render::{absolute, one_line};
 
@@ -34,6 +37,10 @@ pub fn demo(args: DemoArgs) -> Result<i32> {
             m.layers,
             m.render_ms
         );
+    }
+    let retired = retire_earlier_demo(&args.runs, &args.out, &paths);
+    if retired > 0 {
+        println!("replaced {retired} run(s) of an earlier demo (and their galleries)");
     }
     write_index(&args.out)?;
     println!("open in a browser:");
@@ -64,4 +71,36 @@ fn record_demo_runs(runs_dir: &Path) -> Result<(Vec<PathBuf>, String)> {
         runs.len()
     );
     Ok((runs.into_iter().map(|r| r.run).collect(), what))
+}
+
+/// Removes the run files an earlier demo wrote into `runs_dir` (tagged
+/// [`DEMO_TAG`] by the demo itself, read from each file's header; any other file
+/// is left alone) except `keep`, and their galleries in `out`; returns how many.
+/// Each demo so replaces the last one instead of adding ten more runs.
+fn retire_earlier_demo(runs_dir: &Path, out: &Path, keep: &[PathBuf]) -> usize {
+    let Ok(rd) = std::fs::read_dir(runs_dir) else {
+        return 0;
+    };
+    let mut n = 0;
+    for e in rd.flatten() {
+        let path = e.path();
+        let ours = e.file_type().is_ok_and(|t| t.is_file())
+            && path.extension().is_some_and(|x| x == "safetensors")
+            && !keep.contains(&path)
+            && Run::open(&path).is_ok_and(|r| {
+                r.info().tags.get(DEMO_TAG.0).map(String::as_str) == Some(DEMO_TAG.1)
+            });
+        if !ours {
+            continue;
+        }
+        if let Err(e) = remove_gallery(out, &path) {
+            eprintln!("{}", one_line(&path, &e));
+            continue;
+        }
+        match std::fs::remove_file(&path) {
+            Ok(()) => n += 1,
+            Err(e) => eprintln!("{}: cannot remove: {e}", path.display()),
+        }
+    }
+    n
 }

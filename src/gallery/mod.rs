@@ -318,6 +318,25 @@ pub fn check_replaceable(target: &Path) -> Result<()> {
     }
 }
 
+/// Removes the gallery of `run_path` from `out` when it is ours and was made from
+/// that very path (its manifest's `source`); returns whether it did. A folder that
+/// is not such a gallery is left alone. The folder is first renamed into a locked
+/// trash folder, so no half-removed gallery is ever visible under its name.
+pub fn remove_gallery(out: &Path, run_path: &Path) -> Result<bool> {
+    let target = gallery_dir(out, run_path);
+    match read_manifest(&target) {
+        Some(m) if m.source == absolute(run_path) => {}
+        _ => return Ok(false),
+    }
+    check_replaceable(&target)?;
+    let trash = Temp::dir(out, Kind::Trash)?;
+    let old = trash.path().join("old");
+    std::fs::rename(&target, &old).map_err(|e| Error::io(&target, e))?;
+    staging::sync_dir(out);
+    drop(trash);
+    Ok(true)
+}
+
 pub(crate) fn write(path: &Path, bytes: &[u8]) -> Result<()> {
     std::fs::write(path, bytes).map_err(|e| Error::io(path, e))
 }

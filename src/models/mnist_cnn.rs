@@ -57,6 +57,11 @@ pub fn sample_digits() -> Result<Vec<(PathBuf, u8)>> {
     Ok(out)
 }
 
+/// The tag (key, value) of every run [`record_sample_digits`] writes: how
+/// `candlelight demo` knows, from the run file itself, which runs an earlier demo
+/// wrote (and may replace).
+pub const DEMO_TAG: (&str, &str) = ("recorded_by", "candlelight demo");
+
 /// One sample digit recorded by [`record_sample_digits`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct DigitRun {
@@ -82,6 +87,7 @@ pub fn record_sample_digits(model: &MnistCnn, runs_dir: &Path) -> Result<Vec<Dig
         let (probs, mut run) = crate::Recorder::new("mnist-cnn")
             .input(format!("assets/digits/{name}"))
             .tag("label", label.to_string())
+            .tag(DEMO_TAG.0, DEMO_TAG.1)
             .record(|| model.predict(&x))?;
         let predicted = probs
             .argmax(candle_core::D::Minus1)?
