@@ -18,6 +18,8 @@
 //! an existing `layers/` folder is replaced only when `diff.json` says the folder
 //! is a previous diff gallery. Nothing is written outside `out/`.
 
+mod bars;
+
 use std::path::{Path, PathBuf};
 
 use image::RgbImage;
@@ -113,6 +115,8 @@ struct Row {
     pic_a: Option<Picture>,
     pic_b: Option<Picture>,
     pic_d: Option<Picture>,
+    /// `[N, classes]`: sample 0 of both runs as bars (instead of pictures).
+    bars: Option<bars::PairBars>,
 }
 
 #[derive(Serialize)]
@@ -143,6 +147,12 @@ fn render_rows(d: &RunDiff, a: &Run, b: &Run, dir: &Path) -> Result<Vec<Row>> {
         let da = l.index_a.map(|k| a.data_at(k)).transpose()?;
         let db = l.index_b.map(|k| b.data_at(k)).transpose()?;
         let (pic_a, pic_b, pic_d) = pictures(l, da.as_ref(), db.as_ref(), dir, &stem, &tokens)?;
+        let pair = match (&da, &db, &l.shape_a, &l.shape_b) {
+            (Some(x), Some(y), Some(sa), Some(sb)) if sa == sb => {
+                bars::pair_bars(x, y, sa, |p, q| agrees(p, q, d.atol, d.rtol))
+            }
+            _ => None,
+        };
         for data in da.iter().chain(db.iter()) {
             data.check()?;
         }
@@ -209,9 +219,20 @@ fn render_rows(d: &RunDiff, a: &Run, b: &Run, dir: &Path) -> Result<Vec<Row>> {
             pic_a,
             pic_b,
             pic_d,
+            bars: pair,
         });
     }
     Ok(rows)
+}
+
+/// The diff's element test: |a − b| ≤ atol + rtol · |b|; NaN agrees with NaN,
+/// an infinity with the same infinity.
+fn agrees(a: f32, b: f32, atol: f64, rtol: f64) -> bool {
+    if a.is_finite() && b.is_finite() {
+        ((a as f64) - (b as f64)).abs() <= atol + rtol * (b as f64).abs()
+    } else {
+        (a.is_nan() && b.is_nan()) || a == b
+    }
 }
 
 type Pictures = (Option<Picture>, Option<Picture>, Option<Picture>);

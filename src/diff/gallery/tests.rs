@@ -50,3 +50,47 @@ fn diverging_colours_have_the_documented_sides() {
     assert!(w.iter().all(|&c| c > 230), "zero is near white: {w:?}");
     assert_eq!(m.color(f32::NAN, lut), FLAG);
 }
+
+#[test]
+fn class_layers_are_bars_of_both_runs_and_token_layers_are_labelled() {
+    use candle_core::{Device, Tensor};
+    let dir = tempfile::tempdir().unwrap();
+    let dev = Device::Cpu;
+    let logits = |v: &[f32]| Tensor::from_slice(v, (1, 4), &dev).unwrap();
+    let hidden = Tensor::arange(0f32, 3. * 16., &dev)
+        .unwrap()
+        .reshape((1, 3, 16))
+        .unwrap();
+    let record = |v: &[f32]| {
+        let (_, run) = crate::Recorder::new("m")
+            .tokens([vec!["[CLS]", "hi", "[SEP]"]])
+            .record(|| {
+                crate::tap("hidden", &hidden)?;
+                crate::tap("logits", &logits(v))
+            })
+            .unwrap();
+        Run::open(run.save(dir.path().join("runs")).unwrap()).unwrap()
+    };
+    let (a, b) = (record(&[0.1, 3.0, 0.2, 0.0]), record(&[0.1, 0.2, 3.0, 0.0]));
+    let d = crate::diff::diff(&a, &b, &Default::default()).unwrap();
+    let page = write_diff_gallery(&d, &a, &b, &dir.path().join("d")).unwrap();
+    let html = std::fs::read_to_string(page).unwrap();
+    assert!(html.contains("top class A 1, B 2"), "{html}");
+    assert_eq!(html.matches("class=\"bars\"").count(), 1);
+    // The token layer's pictures carry a left margin of token labels: wider than
+    // the same layer drawn without tokens.
+    let png = dir.path().join("d/layers/000-hidden.a.png");
+    let labelled = image::open(png).unwrap().to_rgb8();
+    let opts = RenderOptions {
+        max_pixels: MAX_PIXELS,
+        min_cell: 40,
+        min_side: 200,
+        ..RenderOptions::default()
+    };
+    let plain = render::layout(&[1, 3, 16], &opts).unwrap();
+    assert!(
+        labelled.width() as usize > plain.width + 30,
+        "{}",
+        labelled.width()
+    );
+}
