@@ -147,12 +147,7 @@ fn render_rows(d: &RunDiff, a: &Run, b: &Run, dir: &Path) -> Result<Vec<Row>> {
         let da = l.index_a.map(|k| a.data_at(k)).transpose()?;
         let db = l.index_b.map(|k| b.data_at(k)).transpose()?;
         let (pic_a, pic_b, pic_d) = pictures(l, da.as_ref(), db.as_ref(), dir, &stem, &tokens)?;
-        let pair = match (&da, &db, &l.shape_a, &l.shape_b) {
-            (Some(x), Some(y), Some(sa), Some(sb)) if sa == sb => {
-                bars::pair_bars(x, y, sa, |p, q| agrees(p, q, d.atol, d.rtol))
-            }
-            _ => None,
-        };
+        let pair = row_bars(d, l, da.as_ref(), db.as_ref());
         for data in da.iter().chain(db.iter()) {
             data.check()?;
         }
@@ -179,16 +174,7 @@ fn render_rows(d: &RunDiff, a: &Run, b: &Run, dir: &Path) -> Result<Vec<Row>> {
             },
             diverges: l.diverges,
             first: first == Some(i),
-            shape: match (&l.shape_a, &l.shape_b) {
-                (Some(x), Some(y)) if l.reshaped => format!(
-                    "{} vs {} (only leading 1s differ: compared element by element, positions in A's shape)",
-                    shape_str(x),
-                    shape_str(y)
-                ),
-                (Some(x), Some(y)) if x != y => format!("{} vs {}", shape_str(x), shape_str(y)),
-                (Some(x), _) | (None, Some(x)) => shape_str(x),
-                (None, None) => "-".into(),
-            },
+            shape: shape_note(l),
             dtype: match (&l.dtype_a, &l.dtype_b) {
                 (Some(x), Some(y)) if x != y => format!("{x} / {y}"),
                 (Some(x), _) | (None, Some(x)) => x.clone(),
@@ -223,6 +209,35 @@ fn render_rows(d: &RunDiff, a: &Run, b: &Run, dir: &Path) -> Result<Vec<Row>> {
         });
     }
     Ok(rows)
+}
+
+/// The shape(s) of a layer on the page.
+fn shape_note(l: &LayerDiff) -> String {
+    match (&l.shape_a, &l.shape_b) {
+        (Some(x), Some(y)) if l.reshaped => format!(
+            "{} vs {} (only leading 1s differ: compared element by element, positions in A's shape)",
+            shape_str(x),
+            shape_str(y)
+        ),
+        (Some(x), Some(y)) if x != y => format!("{} vs {}", shape_str(x), shape_str(y)),
+        (Some(x), _) | (None, Some(x)) => shape_str(x),
+        (None, None) => "-".into(),
+    }
+}
+
+/// Bars of both runs for a `[N, classes]` layer of the same shape on both sides.
+fn row_bars(
+    d: &RunDiff,
+    l: &LayerDiff,
+    da: Option<&LayerData<'_>>,
+    db: Option<&LayerData<'_>>,
+) -> Option<bars::PairBars> {
+    match (da, db, &l.shape_a, &l.shape_b) {
+        (Some(x), Some(y), Some(sa), Some(sb)) if sa == sb => {
+            bars::pair_bars(x, y, sa, |p, q| agrees(p, q, d.atol, d.rtol))
+        }
+        _ => None,
+    }
 }
 
 /// The diff's element test: |a − b| ≤ atol + rtol · |b|; NaN agrees with NaN,
@@ -326,19 +341,23 @@ fn pictures(
         &vec![dmap; tiles.len()],
         Colormap::RdBu,
     ));
-    let dscale = if m > 0.0 {
+    let dscale = diff_scale_note(m);
+    Ok((
+        Some(save_png(&ia, dir, file("a"), scale.clone())?),
+        Some(save_png(&ib, dir, file("b"), scale)?),
+        Some(save_png(&id, dir, file("d"), dscale)?),
+    ))
+}
+
+fn diff_scale_note(m: f32) -> String {
+    if m > 0.0 {
         format!(
             "rdbu: red A > B, blue A < B, white equal; +/-{} (largest shown)",
             fmt(m as f64)
         )
     } else {
         "no difference in the values shown".into()
-    };
-    Ok((
-        Some(save_png(&ia, dir, file("a"), scale.clone())?),
-        Some(save_png(&ib, dir, file("b"), scale)?),
-        Some(save_png(&id, dir, file("d"), dscale)?),
-    ))
+    }
 }
 
 /// One side's picture alone, by the shared renderer (a layer on one side only, or
