@@ -34,6 +34,11 @@ fn run_at(dir: &Path, model: &str, id: &str, step: Option<usize>) -> PathBuf {
     run.save(dir).unwrap()
 }
 
+/// A page with minijinja's `&#x2f;` turned back into `/`.
+fn read(p: &Path) -> String {
+    std::fs::read_to_string(p).unwrap().replace("&#x2f;", "/")
+}
+
 #[test]
 fn render_steps_then_diff_into_the_root_links_runs_diffs_and_trends() {
     let tmp = tempfile::tempdir().unwrap();
@@ -66,7 +71,7 @@ fn render_steps_then_diff_into_the_root_links_runs_diffs_and_trends() {
     assert!(diff_dir.join("index.html").is_file() && diff_dir.join("diff.json").is_file());
 
     // The index: one group per model with its count, the no-model group apart.
-    let index = std::fs::read_to_string(root.join("index.html")).unwrap();
+    let index = read(&root.join("index.html"));
     let group = |anchor: &str| {
         let start = index
             .find(&format!("<section class=\"group\" id=\"{anchor}\""))
@@ -97,12 +102,12 @@ fn render_steps_then_diff_into_the_root_links_runs_diffs_and_trends() {
     assert!(index.contains("diverge"));
 
     // The run page links to its card on the index.
-    let page = std::fs::read_to_string(root.join(&ga).join("index.html")).unwrap();
+    let page = read(&root.join(&ga).join("index.html"));
     assert!(page.contains(&format!("href=\"../index.html#run-{ga}\"")));
 
     // The trends page: steps in numeric order, links to each run's layer cards,
     // histograms over steps.
-    let trends = std::fs::read_to_string(root.join(TRENDS_DIR).join(&trends_file)).unwrap();
+    let trends = read(&root.join(TRENDS_DIR).join(&trends_file));
     let pos = |s: &str| trends.find(s).unwrap_or_else(|| panic!("{s} missing"));
     let link = |p: &PathBuf, l: usize| format!("../{}/index.html#l{l}", gallery_name(p));
     assert!(pos(&link(&steps[1], 1)) < pos(&link(&steps[2], 1)));
