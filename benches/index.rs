@@ -122,6 +122,15 @@ fn main() {
             })
             .collect(),
     );
+    let list = median(
+        (0..5)
+            .map(|_| {
+                let t = Instant::now();
+                std::hint::black_box(candlelight::gallery::list_galleries(&out).unwrap());
+                ms(t)
+            })
+            .collect(),
+    );
     let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0) as f64 / 1e3;
     let index = out.join("index.html");
     let trends = out
@@ -139,6 +148,7 @@ fn main() {
     println!("  cold (every trends page written)      {cold:8.1} ms");
     println!("  warm (nothing changed), median of 5   {warm:8.1} ms");
     println!("  after one new run (1 trends page), median of 3 {new_run:8.1} ms");
+    println!("  of which reading the {runs}+ manifests (list_galleries) {list:8.1} ms");
     println!(
         "  {pages} index pages; index.html {:.1} KB, one trends page {:.1} KB",
         size(&index),
