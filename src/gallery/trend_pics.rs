@@ -92,7 +92,7 @@ pub(super) fn trend_svg(points: &[Option<Point>], labels: &[String], axis: &str)
             .map(|p| p.as_ref().map_or(f64::NAN, f))
             .collect()
     };
-    let panels: [(&str, Vec<Vec<f64>>, Option<(f64, f64)>); 4] = [
+    let panels: [Panel; 4] = [
         ("mean", vec![get(|p| p.mean)], None),
         ("std", vec![get(|p| p.std)], None),
         (
@@ -157,6 +157,13 @@ pub(super) fn trend_svg(points: &[Option<Point>], labels: &[String], axis: &str)
     s.push_str("</svg>");
     s
 }
+
+/// A panel: its title, its series, and its fixed y range if any.
+type Panel<'a> = (&'a str, Vec<Vec<f64>>, Option<(f64, f64)>);
+
+/// Histograms on one axis: `lo`, `hi`, and per run its counts per bin (`None`: no
+/// histogram).
+pub(super) type Rebinned = (f64, f64, Vec<Option<Vec<f64>>>);
 
 /// Up to 7 evenly spread label positions out of `n` (first and last included).
 fn label_positions(n: usize) -> Vec<usize> {
@@ -231,10 +238,7 @@ fn line(
 /// union of their ranges): each source bin's count is spread over the common bins
 /// it overlaps in proportion to the overlap (a point histogram, `lo == hi`, goes
 /// whole into the bin of its value). `None` when no histogram is given.
-pub(super) fn rebin(
-    hists: &[Option<&Hist>],
-    bins: usize,
-) -> Option<(f64, f64, Vec<Option<Vec<f64>>>)> {
+pub(super) fn rebin(hists: &[Option<&Hist>], bins: usize) -> Option<Rebinned> {
     let bins = bins.max(1);
     let (lo, hi) = hists
         .iter()
