@@ -15,7 +15,7 @@ use crate::runfile::sanitize_id;
 use crate::{Error, Result};
 
 /// The mark every page candlelight writes carries in its `<head>`; `what` tells the
-/// kind of page (`index`, `run`, `error`, `diff`).
+/// kind of page (`index`, `run`, `error`, `diff`, `trends`).
 pub fn generator_mark(what: &str) -> String {
     format!("<meta name=\"generator\" content=\"candlelight {what}\">")
 }
@@ -114,6 +114,7 @@ fn env() -> &'static Environment<'static> {
             ("run.html", include_str!("templates/run.html")),
             ("error.html", include_str!("templates/error.html")),
             ("index.html", include_str!("templates/index.html")),
+            ("trends.html", include_str!("templates/trends.html")),
             ("diff.html", include_str!("templates/diff.html")),
             ("nb_run.html", include_str!("templates/nb_run.html")),
             ("nb_layer.html", include_str!("templates/nb_layer.html")),

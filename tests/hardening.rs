@@ -198,20 +198,21 @@ fn render_and_diff_refuse_to_replace_what_candlelight_did_not_write() {
     let tmp = tempfile::tempdir().unwrap();
     let cwd = tmp.path();
     let runs = cwd.join("runs");
-    let a = put(&runs, "assets", &run_bytes(&tiny(1, 2)));
+    let a = put(&runs, "static", &run_bytes(&tiny(1, 2)));
     let b = put(&runs, "b", &run_bytes(&tiny(2, 2)));
-    // A web site whose `assets/` folder is not a gallery.
+    // A web site whose `static/` folder is not a gallery (`assets` is a reserved
+    // name: a run called so gets a hashed gallery name).
     let site = cwd.join("site");
-    std::fs::create_dir_all(site.join("assets")).unwrap();
-    std::fs::write(site.join("assets/logo.svg"), b"<svg/>").unwrap();
+    std::fs::create_dir_all(site.join("static")).unwrap();
+    std::fs::write(site.join("static/logo.svg"), b"<svg/>").unwrap();
     let o = cl_code(&["render", s(&a), "--out", "site"], cwd, 2);
-    assert!(stderr(&o).contains("site/assets"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("site/static"), "{}", stderr(&o));
     assert!(stderr(&o).contains("not replacing it"), "{}", stderr(&o));
     assert_eq!(
-        std::fs::read(site.join("assets/logo.svg")).unwrap(),
+        std::fs::read(site.join("static/logo.svg")).unwrap(),
         b"<svg/>"
     );
-    assert_eq!(std::fs::read_dir(site.join("assets")).unwrap().count(), 1);
+    assert_eq!(std::fs::read_dir(site.join("static")).unwrap().count(), 1);
 
     // A user's own index page in the output folder.
     let mine = cwd.join("mine");

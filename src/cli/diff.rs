@@ -6,7 +6,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 
 use candlelight::diff::{DiffOptions, LayerDiff, NameMap, RunDiff, Status};
-use candlelight::Run;
+use candlelight::{gallery, Run};
 
 use super::num;
 
@@ -46,8 +46,13 @@ pub struct DiffArgs {
     #[arg(long, value_name = "GLOB")]
     pub exclude: Vec<String>,
     /// Write a diff gallery (A, B and A - B pictures per layer, HTML page) into DIR.
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", conflicts_with = "gallery")]
     pub out: Option<PathBuf>,
+    /// Write the diff gallery into the galleries root ROOT, as
+    /// `ROOT/diffs/<A's gallery>~vs~<B's gallery>/`, and rewrite ROOT's index (which
+    /// then links the diff from both runs' cards).
+    #[arg(long, value_name = "ROOT")]
+    pub gallery: Option<PathBuf>,
     /// Print the result as JSON instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -85,6 +90,19 @@ pub fn run(args: DiffArgs) -> Result<i32> {
     if let Some(out) = &args.out {
         let page = candlelight::write_diff_gallery(&d, &a, &b, out)
             .with_context(|| format!("{}: cannot write the diff gallery", out.display()))?;
+        if !args.json {
+            println!("diff gallery: {}", page.display());
+        }
+    }
+    if let Some(root) = &args.gallery {
+        let dir = root.join(gallery::DIFFS_DIR).join(gallery::diff_dir_name(
+            &gallery::gallery_name(&args.a),
+            &gallery::gallery_name(&args.b),
+        ));
+        let page = candlelight::write_diff_gallery(&d, &a, &b, &dir)
+            .with_context(|| format!("{}: cannot write the diff gallery", dir.display()))?;
+        gallery::write_index(root)
+            .with_context(|| format!("{}: cannot write the index", root.display()))?;
         if !args.json {
             println!("diff gallery: {}", page.display());
         }

@@ -45,6 +45,18 @@ pub(super) struct Card {
     error: Option<String>,
     #[serde(skip)]
     thumb_score: u8,
+    /// The histogram's counts for stats.json (`hist`).
+    #[serde(skip)]
+    hist: Option<HistJson>,
+}
+
+/// A layer's histogram in stats.json: `counts` in equal bins over `[lo, hi]`
+/// (finite values only; when `lo == hi` every value is in the middle bin).
+#[derive(Debug, Clone, Serialize)]
+pub(super) struct HistJson {
+    lo: f64,
+    hi: f64,
+    counts: Vec<u64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -77,6 +89,8 @@ struct StatsEntry<'a> {
     activity: Option<&'a Activity>,
     picture: Option<&'a str>,
     histogram: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    hist: Option<&'a HistJson>,
     error: Option<&'a str>,
 }
 
@@ -194,6 +208,11 @@ impl Card {
         let hrel = format!("layers/{stem}.hist.png");
         write(&dir.join(&hrel), &render::encode_png(&himg)?)?;
         self.histogram = Some(hrel);
+        self.hist = (hist.lo.is_finite() && hist.hi.is_finite()).then(|| HistJson {
+            lo: hist.lo,
+            hi: hist.hi,
+            counts: hist.counts.clone(),
+        });
         self.hist_axis = (!hist.lo.is_nan()).then(|| {
             (
                 fmt_num(hist.lo),
@@ -249,6 +268,7 @@ pub(super) fn stats_json(run: &Run, cards: &[Card], name: &str) -> Result<Vec<u8
             activity: c.activity.as_ref(),
             picture: c.picture.as_deref(),
             histogram: c.histogram.as_deref(),
+            hist: c.hist.as_ref(),
             error: c.error.as_deref(),
         })
         .collect();

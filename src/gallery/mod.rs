@@ -33,6 +33,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -42,9 +43,13 @@ use serde::{Deserialize, Serialize};
 
 pub(crate) mod bars;
 mod card;
+mod diffs;
 mod index;
+mod trend_pics;
+mod trends;
 
-pub use index::write_index;
+pub use index::{write_index, INDEX_PAGE_RUNS};
+pub use trends::{trends_page_name, TRENDS_MAX_RUNS};
 
 use crate::pages::page;
 use crate::render::RenderOptions;
@@ -110,6 +115,10 @@ pub struct Manifest {
     /// absent in older manifests.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub summary: Option<String>,
+    /// The run's tags (a numeric `step` orders the model's trends page). Added
+    /// later: absent in older manifests.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tags: BTreeMap<String, String>,
 }
 
 /// Options of a gallery.
@@ -188,6 +197,7 @@ impl Manifest {
             error: None,
             thumbnail: None,
             summary: None,
+            tags: BTreeMap::new(),
         }
     }
 
@@ -217,7 +227,11 @@ impl Manifest {
 /// 16 hex digits of a hash of the stem's bytes, so two run files never share a
 /// gallery and the name is the same on every start. Clean names never contain `~`.
 pub fn gallery_name(run_path: &Path) -> String {
-    let stem = run_path.file_stem().unwrap_or_default();
+    safe_name(run_path.file_stem().unwrap_or_default())
+}
+
+/// [`gallery_name`]'s rule for any name (also trends pages' file stems).
+fn safe_name(stem: &std::ffi::OsStr) -> String {
     let text = stem.to_string_lossy();
     let clean = sanitize_id(&text);
     let lossless = clean == text && !is_reserved(&clean);
@@ -279,9 +293,12 @@ pub fn read_manifest(gallery_dir: &Path) -> Option<Manifest> {
 /// dot folder and holds a readable manifest, in no particular order.
 pub fn list_galleries(out: &Path) -> Result<Vec<(String, Manifest)>> {
     let rd = std::fs::read_dir(out).map_err(|e| Error::io(out, e))?;
-    Ok(rd
+    let dirs: Vec<std::fs::DirEntry> = rd
         .flatten()
         .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .collect();
+    Ok(dirs
+        .into_par_iter()
         .filter_map(|e| {
             let name = e.file_name().to_string_lossy().into_owned();
             let m = (!name.starts_with('.')).then(|| read_manifest(&e.path()))??;
@@ -377,6 +394,7 @@ pub fn render_gallery(run_path: &Path, out: &Path, opts: &GalleryOptions) -> Res
     manifest.thumbnail = thumbnail;
     let last_bars = cards.iter().rev().find_map(|c| c.bars.as_ref());
     manifest.summary = bars::summary(last_bars, &info.tags);
+    manifest.tags = info.tags.clone();
     let html = card::run_page(&run, &cards, &manifest, opts)?;
     write(&dir.join("index.html"), html.as_bytes())?;
     manifest.render_ms = t0.elapsed().as_millis() as u64;

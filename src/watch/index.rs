@@ -1,4 +1,4 @@
-//! Rewrites `out/index.html` on its own thread, coalescing bursts.
+//! Rewrites the index pages (and trends pages) of `out` on its own thread, coalescing bursts.
 
 use std::path::PathBuf;
 use std::thread::JoinHandle;
