@@ -38,7 +38,7 @@ use rayon::prelude::*;
 
 pub use colormap::{Colormap, FLAG, SEPARATOR};
 pub use histogram::{render_histogram, Histogram};
-pub use layout::{layout, Axis, Layout, LayoutKind, EMPTY_SIDE};
+pub use layout::{layout, Axis, Cell, Layout, LayoutKind, Spot, EMPTY_SIDE};
 
 use layout::checked_len;
 pub(crate) use layout::BLANK;
@@ -175,6 +175,11 @@ pub struct Picture {
     pub colormap: Colormap,
     /// Smallest and largest finite value shown (after any downsampling), if any.
     pub range: Option<(f32, f32)>,
+    /// The values shown, one vector per shown tile (in [`Layout::cells`] order),
+    /// each `tile_h.div_ceil(y.down)` rows of `tile_w.div_ceil(x.down)` box means,
+    /// row-major: NaN where a non-finite value fell, `-inf` where there is no value
+    /// (past the end of a folded vector).
+    pub values: Vec<Vec<f32>>,
 }
 
 /// Renders a layer (its values and shape) as an RGB image.
@@ -232,6 +237,7 @@ fn draw(data: &LayerData<'_>, shape: &[usize], opts: &RenderOptions) -> Result<P
             layout,
             colormap: cm,
             range: None,
+            values: Vec::new(),
         });
     }
     // 1. Read each tile, reduced to what the picture shows.
@@ -273,6 +279,7 @@ fn draw(data: &LayerData<'_>, shape: &[usize], opts: &RenderOptions) -> Result<P
         layout,
         colormap: cm,
         range,
+        values: reduced,
     })
 }
 
