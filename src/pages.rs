@@ -113,6 +113,7 @@ fn env() -> &'static Environment<'static> {
             ("style.css", include_str!("templates/style.css")),
             ("run.html", include_str!("templates/run.html")),
             ("run.js", include_str!("templates/run.js")),
+            ("run.css", include_str!("templates/run.css")),
             ("error.html", include_str!("templates/error.html")),
             ("index.html", include_str!("templates/index.html")),
             ("diff.html", include_str!("templates/diff.html")),

@@ -6,6 +6,7 @@
 //!   <run-id>/                   gallery_name(run file): its sanitized file stem
 //!     index.html                run facts, one card per layer in capture order
 //!     layers/NNN-<name>.png     the layer's picture (NNN = capture position)
+//!     layers/NNN-<name>.sK.png  the picture of sample K (the first `samples`)
 //!     layers/NNN-<name>.hist.png
 //!     thumb.png                 small picture for out/index.html
 //!     stats.json                per layer: min, max, mean, std, zero fraction, NaN, Inf
@@ -14,7 +15,9 @@
 //!
 //! A gallery is built in a dot folder inside `out` and renamed into place, so no
 //! half gallery is ever visible. Pages open from disk: relative links only, no
-//! script, no external resource. Every string reaching HTML goes through minijinja's
+//! external resource; the run page's inline script (templates/run.js: zoom, values
+//! under the pointer, filter, sample selector) only adds to a page that works
+//! without it. Every string reaching HTML goes through minijinja's
 //! HTML auto-escaping; every name reaching a path is sanitized to `[A-Za-z0-9._-]`.
 //!
 //! ```

@@ -1,6 +1,6 @@
 // candlelight run page: layer filter, sample selector, values under the pointer and
-// a zoomed cell. The page works without it. Data: each card's
-// <script type="application/json" class="cl-data"> (see src/gallery/tile.rs);
+// a zoomed cell. The page works without it. Data: each card's JSON block
+// (script element of class cl-data, see src/gallery/tile.rs);
 // every string from it reaches the page through textContent only.
 (function () {
   "use strict";
