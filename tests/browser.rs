@@ -5,7 +5,7 @@
 //!
 //! Skips with a printed reason without chromium + chromedriver, unless
 //! `CANDLELIGHT_REQUIRE_BROWSER=1`. `CANDLELIGHT_SCREENSHOTS=DIR` also copies the
-//! README's screenshot (`run-page.png`) there.
+//! README's screenshots (`run-page.png`, `run-zoom.png`) there.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -362,8 +362,10 @@ fn run_pages_are_interactive_in_chromium() {
         "",
         "the click stayed on the page"
     );
-    b.screenshot(&dir.path().join("zoom.png"));
-    check_screenshot(&dir.path().join("zoom.png"));
+    b.move_to("#cl-zoom canvas", 150.0, 150.0);
+    let zoom_shot = dir.path().join("run-zoom.png");
+    b.screenshot(&zoom_shot);
+    check_screenshot(&zoom_shot);
     b.key("\u{E00C}");
     assert_eq!(
         b.eval("return document.getElementById('cl-zoom') === null"),
@@ -422,11 +424,11 @@ fn run_pages_are_interactive_in_chromium() {
     );
 
     // Screenshots at 700 px: the run page with a value under the pointer.
-    b.set_height(1100);
+    b.set_height(860);
     b.click(&format!("#l{} .samples a[data-sample='0']", conv.index));
     b.move_to(&img, (px as f64 + 0.5) * scale, (py as f64 + 0.5) * scale);
     b.eval(&format!(
-        "document.querySelector('#l{}').scrollIntoView(); window.scrollBy(0, -90); return 0",
+        "document.querySelector('#l{}').scrollIntoView(); window.scrollBy(0, -48); return 0",
         conv.index
     ));
     b.move_to(&img, (px as f64 + 0.5) * scale, (py as f64 + 0.5) * scale);
@@ -434,6 +436,8 @@ fn run_pages_are_interactive_in_chromium() {
     b.screenshot(&shot);
     check_screenshot(&shot);
     if let Ok(to) = std::env::var("CANDLELIGHT_SCREENSHOTS") {
-        std::fs::copy(&shot, Path::new(&to).join("run-page.png")).unwrap();
+        for f in [&shot, &zoom_shot] {
+            std::fs::copy(f, Path::new(&to).join(f.file_name().unwrap())).unwrap();
+        }
     }
 }
