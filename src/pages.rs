@@ -112,6 +112,8 @@ fn env() -> &'static Environment<'static> {
             ("base.html", include_str!("templates/base.html")),
             ("style.css", include_str!("templates/style.css")),
             ("run.html", include_str!("templates/run.html")),
+            ("run.js", include_str!("templates/run.js")),
+            ("run.css", include_str!("templates/run.css")),
             ("error.html", include_str!("templates/error.html")),
             ("index.html", include_str!("templates/index.html")),
             ("trends.html", include_str!("templates/trends.html")),

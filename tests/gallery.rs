@@ -146,6 +146,33 @@ fn render_writes_the_documented_layout() {
     assert!(dots.is_empty(), "{dots:?}");
 }
 
+/// The page without candlelight's own scripts: the run page's code (one
+/// `<script>` starting with its header comment) and its data blocks (JSON with no
+/// `<` at all, so no name can close them). Any other `<script` stays.
+fn without_own_scripts(html: &str) -> String {
+    const DATA: &str = "<script type=\"application/json\" class=\"cl-data\">";
+    const CODE: &str = "<script>\n// candlelight run page:";
+    let mut out = String::new();
+    let mut rest = html;
+    loop {
+        let next = [DATA, CODE]
+            .iter()
+            .filter_map(|m| rest.find(m).map(|i| (i, m.len())))
+            .min();
+        let Some((i, len)) = next else {
+            out.push_str(rest);
+            return out;
+        };
+        out.push_str(&rest[..i]);
+        let body = &rest[i + len..];
+        let end = body.find("</script>").expect("script closed");
+        if len == DATA.len() {
+            assert!(!body[..end].contains('<'), "data block with '<'");
+        }
+        rest = &body[end + "</script>".len()..];
+    }
+}
+
 #[test]
 fn hostile_names_stay_inside_and_are_escaped() {
     let tmp = tempfile::tempdir().unwrap();
@@ -224,7 +251,7 @@ fn hostile_names_stay_inside_and_are_escaped() {
         .filter(|f| f.extension().is_some_and(|e| e == "html"))
     {
         pages += 1;
-        let html = std::fs::read_to_string(f).unwrap();
+        let html = without_own_scripts(&std::fs::read_to_string(f).unwrap());
         let lower = html.to_lowercase();
         for bad in [
             "<script",
@@ -352,7 +379,15 @@ fn odd_layers_render_through_the_binary() {
         0,
     );
     let g = out.join(path.file_stem().unwrap());
-    let pngs: Vec<PathBuf> = files_under(&g.join("layers"));
+    let all: Vec<PathBuf> = files_under(&g.join("layers"));
+    // Other samples' pictures: NNN-<name>.sK.png.
+    let is_other = |p: &PathBuf| {
+        let f = p.file_name().unwrap().to_string_lossy().into_owned();
+        f.strip_suffix(".png")
+            .and_then(|f| f.rsplit_once(".s"))
+            .is_some_and(|(_, k)| k.parse::<usize>().is_ok())
+    };
+    let pngs: Vec<PathBuf> = all.iter().filter(|p| !is_other(p)).cloned().collect();
     assert_eq!(pngs.len(), 2 * n, "a picture and a histogram per layer");
     for p in pngs {
         let img = image::open(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
@@ -605,7 +640,11 @@ fn class_layers_are_labelled_bars_and_the_index_card_shows_the_prediction() {
     );
     let page = std::fs::read_to_string(out.join("cls/index.html")).unwrap();
     assert!(page.contains("sample 0: top class 2 (3.0000)"), "{page}");
-    assert_eq!(page.matches("<tr class=\"top\">").count(), 1);
+    // One table per sample (the second hidden until the page's sample selector shows it).
+    assert_eq!(page.matches("<tr class=\"top\">").count(), 2);
+    assert!(page.contains(
+        "<table class=\"bars\" data-sample=\"1\" aria-label=\"sample 1 by class\" hidden>"
+    ));
     assert!(
         page.contains("class=\"neg\" style=\"width:66.7%\""),
         "-2 of 3 as a red bar"

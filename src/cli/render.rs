@@ -18,6 +18,9 @@ pub struct RenderArgs {
     /// Which sample (index in dim 0) of each layer to picture.
     #[arg(long, default_value_t = 0)]
     pub sample: usize,
+    /// The run page also shows samples 0..K with a selector (1 to 16).
+    #[arg(long, default_value_t = 4, value_name = "K", value_parser = clap::value_parser!(u8).range(1..=16))]
+    pub samples: u8,
     /// Colour scale: auto (p1-99 for [N, T, D] token layers, per-channel otherwise),
     /// per-channel, shared, or pLO-HI (percentiles, e.g. p1-99).
     #[arg(long, default_value = "auto", value_parser = parse_scale)]
@@ -57,6 +60,7 @@ pub fn render(args: RenderArgs) -> Result<i32> {
             colormap: args.colormap,
             ..RenderOptions::default()
         },
+        samples: args.samples as usize,
     };
     let pb = if args.runs.len() > 1 {
         let pb = ProgressBar::new(args.runs.len() as u64);

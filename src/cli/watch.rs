@@ -38,6 +38,9 @@ pub struct WatchArgs {
     /// Rescan the whole folder this often, as a safety net for lost events (0: never).
     #[arg(long, default_value_t = 30, value_name = "SECS")]
     pub rescan_secs: u64,
+    /// Gallery run pages also show samples 0..K with a selector (1 to 16).
+    #[arg(long, default_value_t = 4, value_name = "K", value_parser = clap::value_parser!(u8).range(1..=16))]
+    pub samples: u8,
     /// Quiet time before acting on a file event, in milliseconds.
     #[arg(long, default_value_t = 100, value_name = "MS")]
     pub debounce_ms: u64,
@@ -108,6 +111,7 @@ pub fn watch(args: WatchArgs) -> Result<i32> {
         opts.jobs = j;
     }
     opts.once = args.once;
+    opts.gallery.samples = args.samples as usize;
     if args.poll {
         anyhow::ensure!(
             args.poll_interval_ms > 0,

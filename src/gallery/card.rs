@@ -6,6 +6,7 @@ use std::path::Path;
 use minijinja::context;
 use serde::Serialize;
 
+use super::tile;
 use super::{
     write, GalleryOptions, Manifest, HIST_BINS, HIST_SIZE, RENDERER_VERSION, THUMB_PIXELS,
 };
@@ -41,6 +42,15 @@ pub(super) struct Card {
     inactive: Option<String>,
     /// `[N, classes]`: one sample as labelled bars.
     pub(super) bars: Option<super::bars::Bars>,
+    /// The sample the main picture shows.
+    sample: usize,
+    /// Every sample shown (the main one first): picture and bars.
+    views: Vec<View>,
+    /// The card's data for the page's script ([`tile::CardData`]), as JSON safe
+    /// inside `<script type="application/json">`.
+    data_json: Option<String>,
+    #[serde(skip)]
+    data: Option<tile::CardData>,
     nonfinite: bool,
     error: Option<String>,
     #[serde(skip)]
@@ -57,6 +67,14 @@ pub(super) struct HistJson {
     lo: f64,
     hi: f64,
     counts: Vec<u64>,
+}
+
+/// One sample of a card: its picture and, for `[N, classes]` layers, its bars.
+#[derive(Debug, Serialize)]
+struct View {
+    sample: usize,
+    picture: String,
+    bars: Option<super::bars::Bars>,
 }
 
 #[derive(Debug, Serialize)]
@@ -94,13 +112,15 @@ struct StatsEntry<'a> {
     error: Option<&'a str>,
 }
 
-/// Renders one layer's card. A layer that cannot be drawn gets an error on its
+/// Renders one layer's card: the picture of each sample shown, the data tiles
+/// within `budget` bytes each. A layer that cannot be drawn gets an error on its
 /// card; a read that fails (the file shrank, an I/O error) fails the gallery.
 pub(super) fn render_card(
     run: &Run,
     l: &LayerInfo,
     dir: &Path,
     opts: &GalleryOptions,
+    budget: usize,
 ) -> Result<Card> {
     let mut card = Card {
         index: l.index,
@@ -131,19 +151,51 @@ pub(super) fn render_card(
     if ropts.tokens.is_none() {
         ropts.tokens = run.info().tokens();
     }
+    card.sample = ropts.sample;
     card.bars = super::bars::bars(&data, &l.shape, ropts.sample);
     data.check()?;
     let picture = render::render(&data, &l.shape, &ropts);
     data.check()?;
-    match picture {
-        Ok(pic) => {
-            card.set_picture(&data, &pic, &stats, &ropts, dir)?;
-            card.caption =
-                render::caption_with_axes(&card.caption, &l.shape, l.kind.as_deref(), &ropts);
+    let pic = match picture {
+        Ok(pic) => pic,
+        Err(e) => {
+            card.error = Some(e.to_string());
+            return Ok(card);
         }
-        Err(e) => card.error = Some(e.to_string()),
+    };
+    card.set_picture(&data, &pic, &stats, &ropts, dir)?;
+    card.caption = render::caption_with_axes(&card.caption, &l.shape, l.kind.as_deref(), &ropts);
+    let rel = card.picture.clone().unwrap_or_default();
+    card.add_sample(run, &pic, rel, card.bars.clone(), budget);
+    for s in shown_samples(opts, &l.shape).into_iter().skip(1) {
+        ropts.sample = s;
+        let pic = render::render(&data, &l.shape, &ropts)?;
+        let bars = super::bars::bars(&data, &l.shape, s);
+        data.check()?;
+        let rel = format!(
+            "layers/{}.s{s}.png",
+            layer_file_stem(card.index, &card.name)
+        );
+        write(&dir.join(&rel), &render::encode_png(&pic.image)?)?;
+        card.add_sample(run, &pic, rel, bars, budget);
     }
+    card.finish_data()?;
     Ok(card)
+}
+
+/// The samples a layer of `shape` is shown at: the configured one (or the layer's
+/// last, when it has fewer) first, then the others of the first
+/// [`GalleryOptions::samples`], in order.
+pub(super) fn shown_samples(opts: &GalleryOptions, shape: &[usize]) -> Vec<usize> {
+    if shape.len() < 2 || shape[0] == 0 {
+        return vec![0];
+    }
+    let n = shape[0];
+    let main = opts.render.sample.min(n - 1);
+    let k = opts.samples.clamp(1, super::MAX_SAMPLES).min(n);
+    std::iter::once(main)
+        .chain((0..k).filter(|&s| s != main))
+        .collect()
 }
 
 /// `opts` for a layer of `shape`: a layer with fewer samples than asked shows its last.
@@ -157,7 +209,69 @@ fn sample_options(opts: &RenderOptions, shape: &[usize]) -> RenderOptions {
     o
 }
 
+/// The token strings of sample `s` when the run has them and they label `rows`.
+fn tokens_of(run: &Run, s: usize, rows: usize) -> Option<Vec<String>> {
+    let all = run.info().extra.get("tokens")?.as_array()?;
+    let toks: Vec<String> = all
+        .get(s)?
+        .as_array()?
+        .iter()
+        .map(|t| t.as_str().unwrap_or("").chars().take(40).collect())
+        .collect();
+    (toks.len() == rows).then_some(toks)
+}
+
 impl Card {
+    /// Adds sample `pic.layout.sample` (its picture written at `rel`) to the views
+    /// and to the page data.
+    fn add_sample(
+        &mut self,
+        run: &Run,
+        pic: &Picture,
+        rel: String,
+        bars: Option<super::bars::Bars>,
+        budget: usize,
+    ) {
+        let s = pic.layout.sample;
+        let mut cap = pic.layout.describe();
+        if pic.layout.samples > 1 && pic.layout.kind != LayoutKind::Empty {
+            cap = format!("sample {s} of {}: {cap}", pic.layout.samples);
+        }
+        if let Some((a, b)) = pic.range {
+            cap += &format!(
+                "; shown values {} … {}",
+                fmt_num(a as f64),
+                fmt_num(b as f64)
+            );
+        }
+        let rows = self.shape.get(self.shape.len().wrapping_sub(2)).copied();
+        let tokens = rows
+            .filter(|_| self.shape.len() >= 3)
+            .and_then(|r| tokens_of(run, s, r));
+        if let Some(d) = self.data.as_mut() {
+            d.samples.push(tile::SampleData {
+                s,
+                pic: rel.clone(),
+                cap,
+                tokens,
+                tile: tile::tile(pic, budget),
+            });
+        }
+        self.views.push(View {
+            sample: s,
+            picture: rel,
+            bars,
+        });
+    }
+
+    /// Serializes the page data, once every sample is in.
+    fn finish_data(&mut self) -> Result<()> {
+        if let Some(d) = &self.data {
+            self.data_json = Some(tile::script_json(d)?);
+        }
+        Ok(())
+    }
+
     fn set_stats(&mut self, stats: Stats) {
         self.nonfinite = stats.non_finite() > 0;
         self.stats = Some(CardStats {
@@ -194,8 +308,10 @@ impl Card {
         self.range = pic
             .range
             .map(|(a, b)| (fmt_num(a as f64), fmt_num(b as f64)));
-        self.picture = Some(rel);
+        self.picture = Some(rel.clone());
         self.picture_size = Some(pic.image.dimensions());
+        let head = self.kind.contains("attention") || self.name.contains("attention_probs");
+        self.data = Some(tile::card_data(lay, self.shape.len(), head));
         self.thumb_score = match lay.kind {
             LayoutKind::Grid if lay.tiles > 1 => 3,
             LayoutKind::Grid | LayoutKind::Heatmap => 2,
@@ -310,6 +426,12 @@ pub(super) fn run_page(
     };
     let nonfinite: Vec<&Card> = cards.iter().filter(|c| c.nonfinite).collect();
     let inactive: Vec<&Card> = cards.iter().filter(|c| c.inactive.is_some()).collect();
+    let mut samples: Vec<usize> = cards
+        .iter()
+        .flat_map(|c| c.views.iter().map(|v| v.sample))
+        .collect();
+    samples.sort_unstable();
+    samples.dedup();
     page(
         "run.html",
         context! {
@@ -320,6 +442,7 @@ pub(super) fn run_page(
             inactive => inactive,
             renderer_version => RENDERER_VERSION,
             sample => opts.render.sample,
+            samples => samples,
         },
     )
 }

@@ -6,6 +6,7 @@
 //!   <run-id>/                   gallery_name(run file): its sanitized file stem
 //!     index.html                run facts, one card per layer in capture order
 //!     layers/NNN-<name>.png     the layer's picture (NNN = capture position)
+//!     layers/NNN-<name>.sK.png  the picture of sample K (the first `samples`)
 //!     layers/NNN-<name>.hist.png
 //!     thumb.png                 small picture for out/index.html
 //!     stats.json                per layer: min, max, mean, std, zero fraction, NaN, Inf
@@ -14,7 +15,9 @@
 //!
 //! A gallery is built in a dot folder inside `out` and renamed into place, so no
 //! half gallery is ever visible. Pages open from disk: relative links only, no
-//! script, no external resource. Every string reaching HTML goes through minijinja's
+//! external resource; the run page's inline script (templates/run.js: zoom, values
+//! under the pointer, filter, sample selector) only adds to a page that works
+//! without it. Every string reaching HTML goes through minijinja's
 //! HTML auto-escaping; every name reaching a path is sanitized to `[A-Za-z0-9._-]`.
 //!
 //! ```
@@ -45,6 +48,7 @@ pub(crate) mod bars;
 mod card;
 mod diffs;
 mod index;
+mod tile;
 mod trend_pics;
 mod trends;
 
@@ -61,7 +65,9 @@ use card::Card;
 /// Version of the gallery layout.
 pub const GALLERY_VERSION: u32 = 1;
 /// Version of the pictures; bumped when they change, so `watch` renders again.
-pub const RENDERER_VERSION: &str = "2";
+pub const RENDERER_VERSION: &str = "3";
+/// Most samples a gallery shows ([`GalleryOptions::samples`]).
+pub const MAX_SAMPLES: usize = 16;
 
 /// Bins of a layer's histogram.
 pub const HIST_BINS: usize = 64;
@@ -122,10 +128,24 @@ pub struct Manifest {
 }
 
 /// Options of a gallery.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct GalleryOptions {
     /// How each layer's picture is drawn (sample, scale, colormap, budget).
+    /// `render.sample` is the sample shown first (`layers/NNN-<name>.png`).
     pub render: RenderOptions,
+    /// The run page also shows samples `0..samples` (of the layers that have them;
+    /// `layers/NNN-<name>.sS.png`) with a selector; 1 ..= [`MAX_SAMPLES`]
+    /// (clamped), default 4.
+    pub samples: usize,
+}
+
+impl Default for GalleryOptions {
+    fn default() -> Self {
+        GalleryOptions {
+            render: RenderOptions::default(),
+            samples: 4,
+        }
+    }
 }
 
 /// What tells one version of a run file from the next: size, mtime, inode and
@@ -376,10 +396,17 @@ pub fn render_gallery(run_path: &Path, out: &Path, opts: &GalleryOptions) -> Res
     let layers_dir = dir.join("layers");
     std::fs::create_dir(&layers_dir).map_err(|e| Error::io(&layers_dir, e))?;
 
+    let most = run
+        .layers()
+        .iter()
+        .map(|l| card::shown_samples(opts, &l.shape).len())
+        .max()
+        .unwrap_or(1);
+    let budget = tile::layer_budget(run.len(), most);
     let cards: Vec<Card> = run
         .layers()
         .par_iter()
-        .map(|l| card::render_card(&run, l, &dir, opts))
+        .map(|l| card::render_card(&run, l, &dir, opts, budget))
         .collect::<Result<_>>()?;
     let thumbnail = card::thumbnail(&run, &cards, &dir, opts)?;
     write(

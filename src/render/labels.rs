@@ -105,11 +105,25 @@ fn glyph(c: u8) -> [u8; 8] {
         .unwrap_or([0; 8])
 }
 
-/// Margin for labels of `tokens`: the longest label plus padding.
-fn margin(tokens: Option<&[String]>) -> usize {
+/// Margin for labels of `tokens` on an axis that has them: the longest label of
+/// any sample (`widest` characters) plus padding, so every sample's picture of a
+/// layer has the same layout (pages locate cells once for all samples).
+fn margin(tokens: Option<&[String]>, widest: usize) -> usize {
     tokens.map_or(0, |t| {
-        t.iter().map(|s| label_text(s).len()).max().unwrap_or(0) * GLYPH + 6
+        let own = t.iter().map(|s| label_text(s).len()).max().unwrap_or(0);
+        own.max(widest) * GLYPH + 6
     })
+}
+
+/// Characters of the longest token label of every sample in `opts`.
+pub(crate) fn widest_label(opts: &RenderOptions) -> usize {
+    opts.tokens
+        .iter()
+        .flatten()
+        .flatten()
+        .map(|s| label_text(s).len())
+        .max()
+        .unwrap_or(0)
 }
 
 /// Every `step`-th token is labelled so labels never overlap: `px` pixels per token.
@@ -119,14 +133,16 @@ fn label_step(a: &super::Axis) -> usize {
 
 /// `img` (painted for `l`) inside margins holding the row labels (left, right-aligned,
 /// repeated beside each grid row) and column labels (top, read bottom to top,
-/// repeated above each grid column). Updates `l`'s origin and size.
+/// repeated above each grid column), each margin wide enough for `widest`
+/// characters. Updates `l`'s origin and size.
 pub(crate) fn token_margins(
     img: &RgbImage,
     l: &mut Layout,
     rows: Option<&[String]>,
     cols: Option<&[String]>,
+    widest: usize,
 ) -> RgbImage {
-    let (left, top) = (margin(rows), margin(cols));
+    let (left, top) = (margin(rows, widest), margin(cols, widest));
     if left == 0 && top == 0 || l.kind == LayoutKind::Empty {
         return img.clone();
     }

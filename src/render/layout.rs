@@ -146,6 +146,75 @@ impl Layout {
     }
 }
 
+/// One cell of a picture: the rectangle (in image pixels) of one shown tile and
+/// what it shows. See [`Layout::cells`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cell {
+    /// Tile number: the channel (or head) of a grid; 0 for a heatmap or a folded vector.
+    pub index: usize,
+    /// Left edge, pixels from the picture's left.
+    pub x: usize,
+    /// Top edge, pixels from the picture's top.
+    pub y: usize,
+    /// Width in pixels.
+    pub w: usize,
+    /// Height in pixels.
+    pub h: usize,
+    /// Source rows of the tile shown ([`Layout::tile_h`]).
+    pub rows: usize,
+    /// Source columns of the tile shown ([`Layout::tile_w`]).
+    pub cols: usize,
+}
+
+/// What one pixel of a picture shows: see [`Layout::locate`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Spot {
+    /// Position of the cell in [`Layout::cells`] (= its tile number).
+    pub cell: usize,
+    /// Row of the tile's reduced values (source rows `row * y.down ..`).
+    pub row: usize,
+    /// Column of the tile's reduced values (source columns `col * x.down ..`).
+    pub col: usize,
+}
+
+impl Layout {
+    /// Every shown tile's rectangle in image pixels, in tile order. The one place
+    /// that knows where cells sit in the picture (pages find cells through it):
+    /// whatever is drawn around the cells (margins, labels) is accounted for here.
+    pub fn cells(&self) -> Vec<Cell> {
+        if self.kind == LayoutKind::Empty {
+            return Vec::new();
+        }
+        (0..self.tiles)
+            .map(|t| Cell {
+                index: t,
+                x: self.origin_x + (t % self.cols) * (self.cell_w + self.separator),
+                y: self.origin_y + (t / self.cols) * (self.cell_h + self.separator),
+                w: self.cell_w,
+                h: self.cell_h,
+                rows: self.tile_h,
+                cols: self.tile_w,
+            })
+            .collect()
+    }
+
+    /// The cell and reduced value shown at pixel (`x`, `y`), if any (not on a
+    /// separator, not past the picture or past the end of a folded vector).
+    pub fn locate(&self, x: usize, y: usize) -> Option<Spot> {
+        let c = self
+            .cells()
+            .into_iter()
+            .find(|c| (c.x..c.x + c.w).contains(&x) && (c.y..c.y + c.h).contains(&y))?;
+        let (row, col) = ((y - c.y) / self.y.zoom, (x - c.x) / self.x.zoom);
+        let first = row * self.y.down * self.tile_w + col * self.x.down;
+        (first < self.tile_len).then_some(Spot {
+            cell: c.index,
+            row,
+            col,
+        })
+    }
+}
+
 pub(super) fn checked_len(shape: &[usize]) -> Result<usize> {
     shape
         .iter()

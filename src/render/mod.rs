@@ -42,8 +42,8 @@ use rayon::prelude::*;
 pub use colormap::{Colormap, FLAG, SEPARATOR};
 pub use histogram::{render_histogram, Histogram};
 pub use labels::{caption_with_axes, TOKEN_CHARS};
-pub(crate) use labels::{sample_tokens, token_axes, token_margins};
-pub use layout::{layout, Axis, Layout, LayoutKind, EMPTY_SIDE};
+pub(crate) use labels::{sample_tokens, token_axes, token_margins, widest_label};
+pub use layout::{layout, Axis, Cell, Layout, LayoutKind, Spot, EMPTY_SIDE};
 
 use layout::checked_len;
 pub(crate) use layout::BLANK;
@@ -191,6 +191,11 @@ pub struct Picture {
     /// The one colour range of a [`Scale::Shared`] or [`Scale::Percentile`] picture
     /// (values beyond it are clipped); `None` when each channel has its own.
     pub colour_range: Option<(f32, f32)>,
+    /// The values shown, one vector per shown tile (in [`Layout::cells`] order),
+    /// each `tile_h.div_ceil(y.down)` rows of `tile_w.div_ceil(x.down)` box means,
+    /// row-major: NaN where a non-finite value fell, `-inf` where there is no value
+    /// (past the end of a folded vector).
+    pub values: Vec<Vec<f32>>,
 }
 
 /// Renders a layer (its values and shape) as an RGB image.
@@ -249,6 +254,7 @@ fn draw(data: &LayerData<'_>, shape: &[usize], opts: &RenderOptions) -> Result<P
             colormap: cm,
             range: None,
             colour_range: None,
+            values: Vec::new(),
         });
     }
     // 1. Read each tile, reduced to what the picture shows.
@@ -285,7 +291,7 @@ fn draw(data: &LayerData<'_>, shape: &[usize], opts: &RenderOptions) -> Result<P
     let mut image = paint(&layout, &tiles, &maps, cm);
     let (rows, cols) = labels::token_axes(shape, labels::sample_tokens(opts));
     if rows.is_some() || cols.is_some() {
-        image = labels::token_margins(&image, &mut layout, rows, cols);
+        image = labels::token_margins(&image, &mut layout, rows, cols, labels::widest_label(opts));
     }
     if opts.labels {
         labels::number_cells(&mut image, &layout);
@@ -298,6 +304,7 @@ fn draw(data: &LayerData<'_>, shape: &[usize], opts: &RenderOptions) -> Result<P
         colour_range: (opts.scale != Scale::PerChannel)
             .then_some(shared)
             .flatten(),
+        values: reduced,
     })
 }
 

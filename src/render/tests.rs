@@ -163,3 +163,29 @@ fn auto_scale_clips_token_layers_to_percentiles() {
         distinct(&washed)
     );
 }
+
+#[test]
+fn cells_and_locate_agree_with_the_painted_grid() {
+    // 5 channels of 3×4, enlarged: cells in a grid with 1-pixel separators.
+    let data = LayerData::from_f32((0..60).map(|v| v as f32).collect());
+    let pic = render(&data, &[1, 5, 3, 4], &RenderOptions::default()).unwrap();
+    let l = &pic.layout;
+    let cells = l.cells();
+    assert_eq!(cells.len(), 5);
+    for c in &cells {
+        assert!(c.x + c.w <= l.width && c.y + c.h <= l.height, "{c:?}");
+        assert_eq!((c.rows, c.cols, c.w, c.h), (3, 4, l.cell_w, l.cell_h));
+    }
+    // Channel 4's value at row 2, column 1 sits at its cell's offset + zoom.
+    let c = cells[4];
+    let (x, y) = (c.x + l.x.zoom + 1, c.y + 2 * l.y.zoom + 1);
+    let spot = l.locate(x, y).unwrap();
+    assert_eq!((spot.cell, spot.row, spot.col), (4, 2, 1));
+    assert_eq!(
+        pic.values[spot.cell][spot.row * 4 + spot.col],
+        4.0 * 12.0 + 9.0
+    );
+    // Separators and the empty grid slot show nothing.
+    assert!(l.locate(cells[1].x - 1, cells[1].y).is_none());
+    assert!(l.locate(l.width - 1, l.height - 1).is_none());
+}

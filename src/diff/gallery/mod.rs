@@ -325,7 +325,13 @@ fn pictures(
     let (rows, cols) = render::token_axes(&shape, render::sample_tokens(&opts));
     let framed = |img: RgbImage| match (rows, cols) {
         (None, None) => img,
-        _ => render::token_margins(&img, &mut layout.clone(), rows, cols),
+        _ => render::token_margins(
+            &img,
+            &mut layout.clone(),
+            rows,
+            cols,
+            render::widest_label(&opts),
+        ),
     };
     let ia = framed(render::paint(&layout, &side(|t| &t.a), &maps, cm));
     let ib = framed(render::paint(&layout, &side(|t| &t.b), &maps, cm));
