@@ -109,8 +109,7 @@ impl Server {
     fn stop(mut self) -> Option<i32> {
         let pid = self.child.id().to_string();
         Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-        let code = self.child.wait().unwrap().code();
-        code
+        self.child.wait().unwrap().code()
     }
 }
 

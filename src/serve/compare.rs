@@ -9,7 +9,7 @@ use axum::extract::{Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 
-use super::{blocking, fail, fail_error, AppState, Gallery};
+use super::{blocking, fail_error, fail_now, AppState, Gallery};
 use crate::gallery::{diff_dir_name, DIFFS_DIR};
 use crate::{diff, write_diff_gallery, DiffOptions};
 
@@ -19,13 +19,13 @@ pub(super) async fn compare(
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
     if let Some(k) = q.keys().find(|k| *k != "a" && *k != "b") {
-        return fail(
+        return fail_now(
             StatusCode::BAD_REQUEST,
             format!("unknown parameter {k:?} (use a, b)"),
         );
     }
     let (Some(a), Some(b)) = (q.get("a").cloned(), q.get("b").cloned()) else {
-        return fail(
+        return fail_now(
             StatusCode::BAD_REQUEST,
             "compare needs a=<gallery>&b=<gallery>",
         );
@@ -36,7 +36,7 @@ pub(super) async fn compare(
         let mut pairs = s.pairs.lock().expect("pair locks");
         Arc::clone(pairs.entry(name.clone()).or_default())
     };
-    let _guard = lock.lock().await;
+    let guard = lock.lock().await;
     let shared = Arc::clone(&s);
     let done = blocking(move || {
         let (ga, gb) = (shared.gallery(&a)?, shared.gallery(&b)?);
@@ -60,13 +60,22 @@ pub(super) async fn compare(
         Ok(())
     })
     .await;
+    drop(guard);
+    {
+        // Forget the pair's lock when no other request holds it (names are the
+        // client's: the map must not grow with every pair ever asked for).
+        let mut pairs = s.pairs.lock().expect("pair locks");
+        if Arc::strong_count(&lock) <= 2 {
+            pairs.remove(&name);
+        }
+    }
     match done {
         Ok(()) => (
             StatusCode::SEE_OTHER,
             [(header::LOCATION, format!("/{DIFFS_DIR}/{name}/"))],
         )
             .into_response(),
-        Err(resp) => resp,
+        Err(f) => f.into_response(),
     }
 }
 

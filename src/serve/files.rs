@@ -7,7 +7,7 @@ use axum::extract::State;
 use axum::http::{header, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 
-use super::{blocking, fail, AppState};
+use super::{blocking, fail, fail_now, AppState, Fail};
 
 /// Largest file served (pictures are a few MB; anything this big is not a page).
 const MAX_FILE: u64 = 512 << 20;
@@ -130,12 +130,12 @@ fn resolve(root: &Path, segs: &[String]) -> Result<Found, StatusCode> {
 /// Any path of the root.
 pub(super) async fn static_file(State(s): State<AppState>, method: Method, uri: Uri) -> Response {
     if method != Method::GET && method != Method::HEAD {
-        return fail(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD");
+        return fail_now(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD");
     }
     let raw = uri.path().to_string();
     let segs = match segments(&raw) {
         Ok(s) => s,
-        Err(code) => return fail(code, format!("{raw}: refused")),
+        Err(code) => return fail_now(code, format!("{raw}: refused")),
     };
     let root = s.root.clone();
     let found = blocking(move || {
@@ -153,12 +153,12 @@ pub(super) async fn static_file(State(s): State<AppState>, method: Method, uri: 
             [(header::LOCATION, location)],
         )
             .into_response(),
-        Err(resp) => resp,
+        Err(f) => f.into_response(),
     }
 }
 
 /// The file's bytes as a response (a page with its script).
-fn read(path: &Path, inject: Inject) -> Result<Response, Response> {
+fn read(path: &Path, inject: Inject) -> Result<Response, Fail> {
     let bytes = crate::staging::read_regular(path, MAX_FILE).map_err(|e| match e {
         crate::Error::Io { .. } => fail(StatusCode::NOT_FOUND, "not found"),
         _ => fail(StatusCode::NOT_FOUND, "not a regular file"),

@@ -115,30 +115,50 @@ pub async fn serve(
         .map_err(|e| Error::io(Path::new(&addr.to_string()), e))
 }
 
-/// A one-line plain-text error response.
-fn fail(code: StatusCode, msg: impl std::fmt::Display) -> Response {
-    let line = msg.to_string().replace(['\n', '\r'], " ");
-    if code.is_server_error() {
-        tracing::warn!("{code}: {line}");
-    } else {
-        tracing::debug!("{code}: {line}");
+/// A failed request: its status and one line saying why.
+struct Fail {
+    code: StatusCode,
+    msg: String,
+}
+
+impl IntoResponse for Fail {
+    fn into_response(self) -> Response {
+        let line = self.msg.replace(['\n', '\r'], " ");
+        if self.code.is_server_error() {
+            tracing::warn!("{}: {line}", self.code);
+        } else {
+            tracing::debug!("{}: {line}", self.code);
+        }
+        (
+            self.code,
+            [
+                (
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain; charset=utf-8"),
+                ),
+                (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
+            ],
+            format!("{line}\n"),
+        )
+            .into_response()
     }
-    (
+}
+
+/// A one-line plain-text error.
+fn fail(code: StatusCode, msg: impl std::fmt::Display) -> Fail {
+    Fail {
         code,
-        [
-            (
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("text/plain; charset=utf-8"),
-            ),
-            (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
-        ],
-        format!("{line}\n"),
-    )
-        .into_response()
+        msg: msg.to_string(),
+    }
+}
+
+/// [`fail`] as a response.
+fn fail_now(code: StatusCode, msg: impl std::fmt::Display) -> Response {
+    fail(code, msg).into_response()
 }
 
 /// The status for a library error: the machine's I/O is a 500, a bad file a 422.
-fn fail_error(e: &Error) -> Response {
+fn fail_error(e: &Error) -> Fail {
     let code = match e {
         Error::Io { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         _ => StatusCode::UNPROCESSABLE_ENTITY,
@@ -162,7 +182,7 @@ struct Gallery {
 impl Shared {
     /// The gallery `name`: 404 when there is none (or it is an error page), 409
     /// when its run file changed since it was rendered.
-    fn gallery(&self, name: &str) -> std::result::Result<Gallery, Response> {
+    fn gallery(&self, name: &str) -> std::result::Result<Gallery, Fail> {
         let missing = || {
             fail(
                 StatusCode::NOT_FOUND,
@@ -227,8 +247,8 @@ impl Shared {
 
 /// Runs blocking work off the async threads; a panic is a 500.
 async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> std::result::Result<T, Response> + Send + 'static,
-) -> std::result::Result<T, Response> {
+    f: impl FnOnce() -> std::result::Result<T, Fail> + Send + 'static,
+) -> std::result::Result<T, Fail> {
     tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| {
         Err(fail(
             StatusCode::INTERNAL_SERVER_ERROR,

@@ -7,7 +7,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use std::collections::HashMap;
 
-use super::{blocking, fail, fail_error, AppState};
+use super::{blocking, fail, fail_error, fail_now, AppState};
 use crate::gallery::SourceFacts;
 use crate::render::{self, Colormap, RenderOptions, Scale};
 
@@ -66,7 +66,7 @@ pub(super) async fn render_png(
     let index: usize = match file.strip_suffix(".png").and_then(|i| i.parse().ok()) {
         Some(i) => i,
         None => {
-            return fail(
+            return fail_now(
                 StatusCode::BAD_REQUEST,
                 format!("{file:?}: expected <layer index>.png"),
             )
@@ -74,7 +74,7 @@ pub(super) async fn render_png(
     };
     let opts = match parse_options(&q) {
         Ok(o) => o,
-        Err(m) => return fail(StatusCode::BAD_REQUEST, m),
+        Err(m) => return fail_now(StatusCode::BAD_REQUEST, m),
     };
     let got = blocking(move || {
         let g = s.gallery(&gallery)?;
@@ -128,7 +128,7 @@ pub(super) async fn render_png(
             png,
         )
             .into_response(),
-        Err(resp) => resp,
+        Err(f) => f.into_response(),
     }
 }
 
@@ -184,7 +184,7 @@ pub(super) async fn layers(
             json,
         )
             .into_response(),
-        Err(resp) => resp,
+        Err(f) => f.into_response(),
     }
 }
 
