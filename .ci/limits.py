@@ -14,7 +14,7 @@ LAYERS = {
     "runfile": 1, "stats": 2,
     "record": 2, "nn": 2, "render": 2, "instrument": 2,
     "pages": 3, "gallery": 4, "diff": 4,
-    "watch": 6, "notebook": 6, "models": 6,
+    "watch": 6, "serve": 6, "notebook": 6, "models": 6,
 }
 
 def module_of(path: pathlib.Path) -> str:

@@ -42,6 +42,8 @@ mod record;
 #[cfg(feature = "render")]
 pub mod render;
 mod runfile;
+#[cfg(feature = "serve")]
+pub mod serve;
 pub mod staging;
 mod stats;
 mod values;

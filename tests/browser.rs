@@ -453,3 +453,209 @@ fn run_pages_are_interactive_in_chromium() {
         }
     }
 }
+
+/// A running `candlelight serve ROOT --port 0`; killed when dropped.
+struct Served {
+    child: std::process::Child,
+    url: String,
+}
+
+impl Served {
+    fn start(root: &Path) -> Served {
+        use std::io::BufRead;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_candlelight"))
+            .arg("serve")
+            .arg(root)
+            .args(["--port", "0"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("start candlelight serve");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let url = line
+            .trim()
+            .strip_prefix("serving ")
+            .unwrap_or_else(|| panic!("first line: {line:?}"))
+            .trim_end_matches('/')
+            .to_string();
+        Served { child, url }
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Every image of the current page loaded and nothing wider than 700 px.
+fn check_loaded(b: &Browser, what: &str) {
+    b.wait_until(
+        "return document.readyState === 'complete' && Array.prototype.every.call(document.images, i => i.complete)",
+        30,
+    );
+    let broken = b.eval(
+        "return Array.prototype.filter.call(document.images, i => !(i.naturalWidth > 0)).map(i => i.getAttribute('src'))",
+    );
+    assert_eq!(broken, Value::Array(vec![]), "{what}");
+    let sw = b
+        .eval("return document.documentElement.scrollWidth")
+        .as_u64()
+        .unwrap();
+    assert!(sw <= Browser::WIDTH as u64 + 1, "{what}: {sw} px wide");
+}
+
+#[test]
+fn served_pages_compare_two_runs_and_draw_any_sample_in_chromium() {
+    let Some(b) = Browser::start_or_skip() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let runs = dir.path().join("runs");
+    let first = mnist_batch(&runs, 0);
+    let second = mnist_batch(&runs, 2);
+    let out = dir.path().join("galleries");
+    // Two samples in the pages: samples 2 and 3 only on demand.
+    let o = Command::new(env!("CARGO_BIN_EXE_candlelight"))
+        .arg("render")
+        .args([&first, &second])
+        .arg("--out")
+        .arg(&out)
+        .args(["--samples", "2"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let s = Served::start(&out);
+    let (ga, gb) = (
+        candlelight::gallery::gallery_name(&first),
+        candlelight::gallery::gallery_name(&second),
+    );
+
+    // The index: a picker per run; pick both, compare.
+    b.goto(&format!("{}/", s.url));
+    b.wait_until(
+        "return document.querySelectorAll('input.cl-pick').length === 2",
+        30,
+    );
+    check_loaded(&b, "served index");
+    assert_eq!(
+        b.eval("return document.getElementById('cl-compare').disabled"),
+        true
+    );
+    b.click(&format!("input.cl-pick[data-run='{ga}']"));
+    b.click(&format!("input.cl-pick[data-run='{gb}']"));
+    assert_eq!(
+        b.eval("return document.getElementById('cl-compare').disabled"),
+        false
+    );
+    b.click("#cl-compare");
+    let want = format!("/diffs/{ga}~vs~{gb}/");
+    b.wait_until(
+        &format!(
+            "return location.pathname === {want:?} && !!document.querySelector('section.card')"
+        ),
+        60,
+    );
+    check_loaded(&b, "served diff gallery");
+    // The diff page names both runs, counts its layers and shows A, B and A − B.
+    let text = b.eval("return document.body.textContent");
+    let text = text.as_str().unwrap();
+    assert!(text.contains(&ga) && text.contains(&gb), "{text}");
+    let figures = b
+        .eval("return document.querySelectorAll('section.card figure img').length")
+        .as_u64()
+        .unwrap();
+    assert!(figures >= 3, "{figures} pictures on the diff page");
+    assert!(root_file(&out, &want).join("index.html").is_file());
+    // The screenshot: the first divergent layer's A, B and A − B.
+    b.eval("document.querySelector('section.card.first').scrollIntoView(); return 0");
+    let shot = dir.path().join("serve-compare.png");
+    b.screenshot(&shot);
+    check_screenshot(&shot);
+
+    // A run page: a sample the page has keeps the values under the pointer; one it
+    // does not have is drawn by the server.
+    let run = Run::open(&first).unwrap();
+    let conv = run
+        .layers()
+        .iter()
+        .find(|l| l.shape.len() == 4)
+        .expect("a conv layer")
+        .index;
+    b.goto(&format!("{}/{ga}/", s.url));
+    b.wait_until(
+        &format!("return !!document.querySelector(\"input.cl-sample[data-layer='{conv}']\")"),
+        30,
+    );
+    check_loaded(&b, "served run page");
+    let set = |k: usize| {
+        b.eval(&format!(
+            "const i = document.querySelector(\"input.cl-sample[data-layer='{conv}']\");
+             i.value = '{k}'; i.dispatchEvent(new Event('change')); return 0"
+        ));
+        b.wait_until(
+            &format!(
+                "const i = document.querySelector('#l{conv} img.layer-pic');
+                 return i.dataset.sample === '{k}' && i.complete && i.naturalWidth > 0"
+            ),
+            30,
+        );
+    };
+    let src = |b: &Browser| {
+        b.eval(&format!(
+            "return document.querySelector('#l{conv} img.layer-pic').getAttribute('src')"
+        ))
+        .as_str()
+        .unwrap()
+        .to_string()
+    };
+    let size = format!(
+        "const i = document.querySelector('#l{conv} img.layer-pic'); return [i.naturalWidth, i.naturalHeight]"
+    );
+    let static_size = b.eval(&size);
+    set(3);
+    assert!(src(&b).starts_with("/_/render/"), "{}", src(&b));
+    assert_eq!(b.eval(&size), static_size, "served picture, same layout");
+    // Hover the first cell: a position, no stored values for a served sample.
+    let cell = b.eval(&format!(
+        "return JSON.parse(document.querySelector('#l{conv} script.cl-data').textContent).cells[0]"
+    ));
+    let scale = b
+        .eval(&format!(
+            "const i = document.querySelector('#l{conv} img.layer-pic'); return i.getBoundingClientRect().width / i.naturalWidth"
+        ))
+        .as_f64()
+        .unwrap();
+    let at = |b: &Browser| {
+        let (x, y) = (
+            cell[1].as_f64().unwrap() + 2.5,
+            cell[2].as_f64().unwrap() + 2.5,
+        );
+        b.move_to(&format!("#l{conv} img.layer-pic"), x * scale, y * scale);
+        b.eval(&format!(
+            "return document.querySelector('#l{conv} .readout').textContent"
+        ))
+        .as_str()
+        .unwrap()
+        .to_string()
+    };
+    let served = at(&b);
+    assert!(served.contains("no value data"), "{served}");
+    set(1);
+    assert!(src(&b).starts_with("layers/"), "{}", src(&b));
+    let stored = at(&b);
+    assert!(stored.contains("value "), "{stored}");
+    assert!(!stored.contains("no value data"), "{stored}");
+
+    if let Ok(to) = std::env::var("CANDLELIGHT_SCREENSHOTS") {
+        std::fs::copy(&shot, Path::new(&to).join("serve-compare.png")).unwrap();
+    }
+}
+
+/// The folder of a served URL path under the root.
+fn root_file(root: &Path, url_path: &str) -> PathBuf {
+    root.join(url_path.trim_matches('/'))
+}

@@ -11,6 +11,7 @@ mod demo;
 mod diff;
 mod instrument;
 mod render;
+mod serve;
 mod watch;
 
 /// See inside candle models: record, render, watch and compare runs.
@@ -44,6 +45,9 @@ pub enum Command {
     Demo(demo::DemoArgs),
     /// Watch a folder: every run file dropped into it becomes a gallery.
     Watch(watch::WatchArgs),
+    /// Serve a galleries folder over HTTP: pictures of any sample on demand, compare
+    /// any two runs from the index, a live index (with --watch RUNS_DIR).
+    Serve(serve::ServeArgs),
     /// Rewrite a model file copied out of candle-transformers so that every layer and
     /// module records its output by VarBuilder path; report on standard error.
     Instrument(instrument::InstrumentArgs),
@@ -51,7 +55,7 @@ pub enum Command {
 
 /// Runs the parsed command; `Ok(code)` is the process exit code.
 pub fn run(cli: Cli) -> Result<i32> {
-    if !matches!(cli.command, Command::Watch(_)) {
+    if !matches!(cli.command, Command::Watch(_) | Command::Serve(_)) {
         die_quietly_on_closed_pipe();
     }
     match cli.command {
@@ -61,6 +65,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Render(args) => render::render(args),
         Command::Demo(args) => demo::demo(args),
         Command::Watch(args) => watch::watch(args),
+        Command::Serve(args) => serve::serve(args),
         Command::Instrument(args) => instrument::run(args),
     }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::Args;
 
-use candlelight::watch::{Backend, Policy, Stopper, Watch, WatchOptions};
+use candlelight::watch::{Backend, Policy, Watch, WatchOptions};
 
 /// Options of `candlelight watch`.
 #[derive(Debug, Args)]
@@ -47,7 +47,7 @@ pub struct WatchArgs {
 }
 
 /// Logs to stderr through `tracing`, filtered by `RUST_LOG` (default `info`).
-fn init_logging() {
+pub(crate) fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()
@@ -61,8 +61,8 @@ fn init_logging() {
         .try_init();
 }
 
-/// SIGINT / SIGTERM stop the daemon gracefully; a second one exits at once.
-fn on_signals(stopper: Stopper) -> Result<()> {
+/// SIGINT / SIGTERM call `stop` (to stop gracefully); a second one exits at once.
+pub(crate) fn on_signals(stop: impl FnOnce() + Send + 'static) -> Result<()> {
     use signal_hook::consts::{SIGINT, SIGTERM};
     let again = Arc::new(AtomicBool::new(false));
     for sig in [SIGINT, SIGTERM] {
@@ -79,7 +79,7 @@ fn on_signals(stopper: Stopper) -> Result<()> {
             .spawn(move || {
                 if signals.forever().next().is_some() {
                     again.store(true, Ordering::SeqCst);
-                    stopper.stop();
+                    stop();
                 }
             })
             .context("cannot start the signal thread")?;
@@ -96,7 +96,7 @@ fn on_signals(stopper: Stopper) -> Result<()> {
                 std::thread::sleep(Duration::from_millis(50));
             }
             again.store(true, Ordering::SeqCst);
-            stopper.stop();
+            stop();
         });
     }
     Ok(())
@@ -105,6 +105,31 @@ fn on_signals(stopper: Stopper) -> Result<()> {
 /// Runs the daemon; the exit code is 0, or 1 when `--once` met a failure.
 pub fn watch(args: WatchArgs) -> Result<i32> {
     init_logging();
+    let daemon = Watch::new(options(&args)?);
+    let stopper = daemon.stopper();
+    on_signals(move || stopper.stop())?;
+    let summary = daemon.run()?;
+    Ok(if args.once && !summary.all_ok() { 1 } else { 0 })
+}
+
+impl WatchArgs {
+    /// `candlelight watch RUNS --out OUT` with every other option at its default
+    /// (parsed, so the defaults are the command's own).
+    pub(crate) fn defaults(runs: PathBuf, out: PathBuf) -> Result<WatchArgs> {
+        #[derive(clap::Parser)]
+        struct Line {
+            #[command(flatten)]
+            args: WatchArgs,
+        }
+        let mut out_arg = std::ffi::OsString::from("--out=");
+        out_arg.push(out);
+        let line = ["watch".into(), out_arg, "--".into(), runs.into_os_string()];
+        Ok(<Line as clap::Parser>::try_parse_from(line)?.args)
+    }
+}
+
+/// The daemon's options from the command line.
+pub(crate) fn options(args: &WatchArgs) -> Result<WatchOptions> {
     let mut opts = WatchOptions::new(&args.runs, &args.out);
     if let Some(j) = args.jobs {
         anyhow::ensure!(j > 0, "--jobs must be at least 1");
@@ -127,8 +152,5 @@ pub fn watch(args: WatchArgs) -> Result<i32> {
         prune: args.prune,
         ..Policy::default()
     };
-    let daemon = Watch::new(opts);
-    on_signals(daemon.stopper())?;
-    let summary = daemon.run()?;
-    Ok(if args.once && !summary.all_ok() { 1 } else { 0 })
+    Ok(opts)
 }

@@ -274,7 +274,7 @@ pub const TRENDS_DIR: &str = "trends";
 /// `.html` (index pages).
 fn is_reserved(name: &str) -> bool {
     let lower = name.to_ascii_lowercase();
-    [DIFFS_DIR, TRENDS_DIR, "assets"].contains(&lower.as_str()) || lower.ends_with(".html")
+    [DIFFS_DIR, TRENDS_DIR, "assets", "_"].contains(&lower.as_str()) || lower.ends_with(".html")
 }
 
 /// The folder name (inside `out/`[`DIFFS_DIR`]) of the diff gallery of the runs

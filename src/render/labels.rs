@@ -222,7 +222,7 @@ pub(super) const MIN_CELL: usize = 16;
 
 /// Writes each grid cell's number (0-based, in the order cells are filled) in its
 /// top-left corner: white digits on a black box, scaled up in big cells.
-pub(super) fn number_cells(img: &mut RgbImage, l: &Layout) {
+pub(crate) fn number_cells(img: &mut RgbImage, l: &Layout) {
     if l.kind != LayoutKind::Grid || l.cell_w < MIN_CELL || l.cell_h < MIN_CELL {
         return;
     }

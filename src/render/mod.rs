@@ -42,7 +42,7 @@ use rayon::prelude::*;
 pub use colormap::{Colormap, FLAG, SEPARATOR};
 pub use histogram::{render_histogram, Histogram};
 pub use labels::{caption_with_axes, TOKEN_CHARS};
-pub(crate) use labels::{sample_tokens, token_axes, token_margins, widest_label};
+pub(crate) use labels::{number_cells, sample_tokens, token_axes, token_margins, widest_label};
 pub use layout::{layout, Axis, Cell, Layout, LayoutKind, Spot, EMPTY_SIDE};
 
 use layout::checked_len;

@@ -27,7 +27,8 @@
     var d = entry.data, s = Number(entry.card.dataset.sample);
     if (!d) return null;
     for (var i = 0; i < d.samples.length; i++) if (d.samples[i].s === s) return d.samples[i];
-    return d.samples[0] || null;
+    // A sample drawn on demand (candlelight serve): its cells, no values.
+    return isNaN(s) ? d.samples[0] || null : { s: s, pic: null, cap: null, tile: null };
   }
 
   // Decoded values of a sample entry (cached).
@@ -209,7 +210,23 @@
       img.parentNode.href = smp.pic;
     }
     if (d) show(entry, card.querySelector(".readout"), null);
+    var served = card.querySelector("input.cl-sample");
+    if (served) served.value = String(pick);
   }
+  // For candlelight serve's on-demand samples (src/serve/run.js).
+  window.candlelightSetSample = function (layer, s) {
+    var entry = byLayer[layer];
+    if (!entry || !entry.data) return false;
+    var smp = null;
+    entry.data.samples.forEach(function (x) { if (x.s === s) smp = x; });
+    if (!smp) return false;
+    if (entry.card.querySelector(".samples a")) { setSample(entry, s); return true; }
+    var img = entry.card.querySelector("img.layer-pic");
+    entry.card.dataset.sample = String(s);
+    if (img) { img.src = smp.pic; img.dataset.sample = String(s); img.parentNode.href = smp.pic; }
+    return true;
+  };
+
   Object.keys(byLayer).forEach(function (k) {
     var entry = byLayer[k];
     entry.card.querySelectorAll(".samples a").forEach(function (a) {

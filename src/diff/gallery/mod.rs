@@ -323,16 +323,17 @@ fn pictures(
     };
     let side = |f: fn(&PairTile) -> &[f32]| tiles.iter().map(f).collect::<Vec<_>>();
     let (rows, cols) = render::token_axes(&shape, render::sample_tokens(&opts));
-    let framed = |img: RgbImage| match (rows, cols) {
-        (None, None) => img,
-        _ => render::token_margins(
-            &img,
-            &mut layout.clone(),
-            rows,
-            cols,
-            render::widest_label(&opts),
-        ),
+    // Token labels in the margins and channel numbers, as in the run gallery.
+    let framed = |img: RgbImage| {
+        let mut l = layout.clone();
+        let mut img = match (rows, cols) {
+            (None, None) => img,
+            _ => render::token_margins(&img, &mut l, rows, cols, render::widest_label(&opts)),
+        };
+        render::number_cells(&mut img, &l);
+        img
     };
+
     let ia = framed(render::paint(&layout, &side(|t| &t.a), &maps, cm));
     let ib = framed(render::paint(&layout, &side(|t| &t.b), &maps, cm));
     let m = tiles
