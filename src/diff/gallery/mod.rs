@@ -295,13 +295,7 @@ fn pictures(
     };
     let shape = l.shape_a.clone().unwrap_or_else(|| vec![da.len()]);
     let layout = render::layout(&shape, &opts)?;
-    let tiles: Vec<PairTile> = {
-        use rayon::prelude::*;
-        (0..layout.tiles)
-            .into_par_iter()
-            .map(|t| reduce_pair(da, db, &layout, layout.offset + t * layout.tile_len))
-            .collect()
-    };
+    let tiles = pair_tiles(da, db, &layout);
     let ranges: Vec<Option<(f32, f32)>> = tiles
         .iter()
         .map(|t| union(render::finite_range(&t.a), render::finite_range(&t.b)))
@@ -333,14 +327,9 @@ fn pictures(
         render::number_cells(&mut img, &l);
         img
     };
-
     let ia = framed(render::paint(&layout, &side(|t| &t.a), &maps, cm));
     let ib = framed(render::paint(&layout, &side(|t| &t.b), &maps, cm));
-    let m = tiles
-        .iter()
-        .flat_map(|t| t.d.iter())
-        .filter(|v| v.is_finite())
-        .fold(0f32, |m, v| m.max(v.abs()));
+    let m = max_abs_diff(&tiles);
     let dmap = Mapping::new(Colormap::RdBu, Some((-m, m)), None);
     let id = framed(render::paint(
         &layout,
@@ -354,6 +343,24 @@ fn pictures(
         Some(save_png(&ib, dir, file("b"), scale)?),
         Some(save_png(&id, dir, file("d"), dscale)?),
     ))
+}
+
+/// Largest finite |A − B| shown.
+fn max_abs_diff(tiles: &[PairTile]) -> f32 {
+    tiles
+        .iter()
+        .flat_map(|t| t.d.iter())
+        .filter(|v| v.is_finite())
+        .fold(0f32, |m, v| m.max(v.abs()))
+}
+
+/// Each tile of both layers reduced as `layout` shows it, with A − B.
+fn pair_tiles(da: &LayerData<'_>, db: &LayerData<'_>, layout: &render::Layout) -> Vec<PairTile> {
+    use rayon::prelude::*;
+    (0..layout.tiles)
+        .into_par_iter()
+        .map(|t| reduce_pair(da, db, layout, layout.offset + t * layout.tile_len))
+        .collect()
 }
 
 fn diff_scale_note(m: f32) -> String {
