@@ -10,7 +10,6 @@
 //! `cargo bench --bench serve`. Needs ~2 GB free on the temp dir's disk (checked
 //! first; everything is deleted afterwards). `SERVE_BENCH_ROUNDS` (default 5).
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -20,6 +19,8 @@ use candlelight::Run;
 
 #[path = "common/mod.rs"]
 mod common;
+#[path = "../tests/common/serve.rs"]
+mod serve_proc;
 use common::{ms, Figure};
 
 const BIN: &str = env!("CARGO_BIN_EXE_candlelight");
@@ -72,22 +73,7 @@ struct Server {
 
 impl Server {
     fn start(root: &Path) -> Server {
-        let mut child = Command::new(BIN)
-            .arg("serve")
-            .arg(root)
-            .args(["--port", "0"])
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let addr = line
-            .trim()
-            .trim_start_matches("serving http://")
-            .trim_end_matches('/')
-            .to_string();
+        let (child, addr) = serve_proc::spawn(BIN, root, &[]);
         Server {
             child,
             addr,

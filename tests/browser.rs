@@ -21,6 +21,8 @@ use serde_json::Value;
 #[path = "common/browser.rs"]
 mod browser;
 mod common;
+#[path = "common/serve.rs"]
+mod serve_proc;
 use browser::Browser;
 
 /// Samples in the batch runs.
@@ -122,27 +124,9 @@ fn page_of(out: &Path, run: &Path) -> PathBuf {
 /// Every image loaded and nothing wider than the 700 px viewport.
 fn check_page(b: &Browser, page: &Path) {
     b.goto_file(page);
-    b.wait_until(
-        "return Array.prototype.every.call(document.images, i => i.complete)",
-        30,
-    );
-    let broken = b.eval(
-        "return Array.prototype.filter.call(document.images, i => !(i.naturalWidth > 0))
-             .map(i => i.getAttribute('src'))",
-    );
-    assert_eq!(broken, Value::Array(vec![]), "{}", page.display());
+    check_loaded(b, &page.display().to_string());
     let n = b.eval("return document.images.length").as_u64().unwrap();
     assert!(n > 0, "{}: no image", page.display());
-    let sw = b
-        .eval("return document.documentElement.scrollWidth")
-        .as_u64()
-        .unwrap();
-    // Tolerance: 1 px of rounding.
-    assert!(
-        sw <= Browser::WIDTH as u64 + 1,
-        "{}: {sw} px wide",
-        page.display()
-    );
     assert_eq!(b.eval("return window.pwned === undefined"), true);
 }
 
@@ -462,25 +446,11 @@ struct Served {
 
 impl Served {
     fn start(root: &Path) -> Served {
-        use std::io::BufRead;
-        let mut child = Command::new(env!("CARGO_BIN_EXE_candlelight"))
-            .arg("serve")
-            .arg(root)
-            .args(["--port", "0"])
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .expect("start candlelight serve");
-        let mut line = String::new();
-        std::io::BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let url = line
-            .trim()
-            .strip_prefix("serving ")
-            .unwrap_or_else(|| panic!("first line: {line:?}"))
-            .trim_end_matches('/')
-            .to_string();
-        Served { child, url }
+        let (child, addr) = serve_proc::spawn(env!("CARGO_BIN_EXE_candlelight"), root, &[]);
+        Served {
+            child,
+            url: format!("http://{addr}"),
+        }
     }
 }
 

@@ -1,9 +1,9 @@
 //! `candlelight serve` through the real binary: static files and refusals, pictures
 //! on demand, comparing two runs, the live index with `--watch`.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use candle_core::{Device, Tensor};
@@ -12,6 +12,8 @@ use candlelight::render::{self, Colormap, RenderOptions, Scale};
 use candlelight::Run;
 
 mod common;
+#[path = "common/serve.rs"]
+mod serve_proc;
 use common::daemon::{put, run_bytes, DEADLINE};
 
 /// A running `candlelight serve`; killed when dropped.
@@ -24,26 +26,7 @@ struct Server {
 
 impl Server {
     fn start(root: &Path, extra: &[&str]) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_candlelight"))
-            .arg("serve")
-            .arg(root)
-            .args(["--port", "0"])
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start candlelight serve");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let addr = line
-            .trim()
-            .strip_prefix("serving http://")
-            .and_then(|a| a.strip_suffix('/'))
-            .unwrap_or_else(|| panic!("first line: {line:?}"))
-            .to_string();
-        assert!(addr.starts_with("127.0.0.1:"), "{addr}");
+        let (child, addr) = serve_proc::spawn(env!("CARGO_BIN_EXE_candlelight"), root, extra);
         let agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .max_redirects(0)
