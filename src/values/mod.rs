@@ -21,6 +21,12 @@ use safetensors::Dtype;
 
 use crate::{Error, Result};
 
+mod bulk;
+
+pub(crate) use bulk::read_vec;
+#[cfg(test)]
+pub(crate) use bulk::SCAN_CHUNK;
+
 /// Where the bytes are.
 enum Source<'a> {
     /// Bytes in memory.
@@ -244,13 +250,6 @@ impl<'a> LayerData<'a> {
             f(start, &buf[..n]);
             start += n;
         }
-    }
-
-    /// All values as f32 (see [`LayerData::check`] for read failures).
-    pub fn to_vec(&self) -> Vec<f32> {
-        let mut v = vec![0f32; self.len];
-        self.read_into(0, &mut v);
-        v
     }
 }
 
