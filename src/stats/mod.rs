@@ -271,8 +271,9 @@ mod tests {
         let s = Stats::of_values(&v);
         let mean = v.iter().map(|&x| x as f64).sum::<f64>() / v.len() as f64;
         let var = v.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / v.len() as f64;
-        assert!((s.mean - mean).abs() < 1e-9);
-        assert!((s.std - var.sqrt()).abs() < 1e-6);
+        // The tolerances of the f32-lane kernel (see `against_reference`).
+        assert!((s.mean - mean).abs() < 1e-5 * var.sqrt());
+        assert!((s.std - var.sqrt()).abs() < 1e-5 * var.sqrt());
         assert_eq!(s.min, -50.0);
         assert_eq!(s.max, 50.0);
         let zeros = v.iter().filter(|&&x| x == 0.0).count();
