@@ -66,7 +66,10 @@ fn write_run(path: &Path, layers: usize, n: usize) {
 }
 
 /// The statistics and histogram of a layer as computed before issue 14.
-fn old_stats_hist(data: &LayerData<'_>, bins: usize) -> (f64, f64, Vec<u64>) {
+/// Mean, std and histogram counts of a layer.
+type Summary = (f64, f64, Vec<u64>);
+
+fn old_stats_hist(data: &LayerData<'_>, bins: usize) -> Summary {
     const CHUNK: usize = 1 << 14;
     let n = data.len();
     let parts: Vec<(u64, f64, f64, f32, f32)> = (0..n.div_ceil(CHUNK))
@@ -129,7 +132,7 @@ fn old_stats_hist(data: &LayerData<'_>, bins: usize) -> (f64, f64, Vec<u64>) {
     (mean, (m2 / fin as f64).sqrt(), counts)
 }
 
-fn new_stats_hist(data: &LayerData<'_>, bins: usize) -> (f64, f64, Vec<u64>) {
+fn new_stats_hist(data: &LayerData<'_>, bins: usize) -> Summary {
     let s = Stats::of(data);
     let h = Histogram::of(data, &s, bins);
     (s.mean, s.std, h.counts)
@@ -191,7 +194,7 @@ fn main() -> anyhow::Result<()> {
             .reduce(|| 0f32, f32::max)
     };
     plain();
-    let each = |f: &dyn Fn(&LayerData<'_>) -> (f64, f64, Vec<u64>)| {
+    let each = |f: &dyn Fn(&LayerData<'_>) -> Summary| {
         run.layers()
             .iter()
             .map(|l| f(&run.data_at(l.index).unwrap()))
@@ -202,9 +205,11 @@ fn main() -> anyhow::Result<()> {
     for _ in 0..rounds {
         t_plain.push(time(1, plain).0 .0[0]);
         let (t, r) = time(1, || each(&|d| old_stats_hist(d, 64)));
-        (t_old.push(t.0[0]), r_old = r);
+        t_old.push(t.0[0]);
+        r_old = r;
         let (t, r) = time(1, || each(&|d| new_stats_hist(d, 64)));
-        (t_new.push(t.0[0]), r_new = r);
+        t_new.push(t.0[0]);
+        r_new = r;
     }
     for (a, b) in r_old.iter().zip(&r_new) {
         assert_eq!(a.2, b.2, "histograms differ");
@@ -217,7 +222,7 @@ fn main() -> anyhow::Result<()> {
     let g = |f: &Figure| (gbs(bytes, f.min()), gbs(bytes, f.median()));
     println!(
         "run: {layers} layers of {} MiB f32 ({:.2} GB)",
-        n * 4 >> 20,
+        (n * 4) >> 20,
         bytes as f64 / 1e9
     );
     println!(

@@ -29,6 +29,7 @@ impl Acc {
         Acc::of_lanes(values)
     }
 
+    // long: one loop that must stay one function to vectorise, plus its tail.
     #[inline(always)]
     fn of_lanes(values: &[f32]) -> Acc {
         let c = shift(values);

@@ -10,6 +10,10 @@
 //! a shrunken file just comes back short; the reader fills the missing values with
 //! NaN and remembers the failure, which [`LayerData::check`] reports. Every
 //! consumer that returns a result (stats, pictures, diffs, galleries) checks it.
+//!
+//! Whole layers are read fast by `bulk`: chunks scanned in parallel
+//! (`par_chunks`, `par_fold`), `to_vec` and `read_vec` straight into memory that is
+//! not zeroed first.
 
 use std::borrow::Cow;
 use std::fs::File;
