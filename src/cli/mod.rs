@@ -281,13 +281,7 @@ fn show_layer(run: &Run, l: &candlelight::LayerInfo) -> Result<()> {
     if s.count > s.non_finite() && s.max > s.min {
         println!("histogram (finite values):");
         let bins = 10;
-        let mut counts = vec![0u64; bins];
-        data.for_each_chunk(1 << 16, |_, c| {
-            for &v in c.iter().filter(|v| v.is_finite()) {
-                let b = (((v as f64 - s.min) / (s.max - s.min)) * bins as f64) as usize;
-                counts[b.min(bins - 1)] += 1;
-            }
-        });
+        let counts = candlelight::render::Histogram::of(&data, &s, bins).counts;
         data.check()?;
         let top = *counts.iter().max().unwrap_or(&1) as f64;
         for (b, c) in counts.iter().enumerate() {

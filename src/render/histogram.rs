@@ -2,7 +2,6 @@
 //! carries no text (no font needed); the gallery writes the axis labels beside it.
 
 use image::RgbImage;
-use rayon::prelude::*;
 
 use super::colormap::{lut_index, Colormap};
 use crate::stats::Stats;
@@ -19,11 +18,11 @@ pub struct Histogram {
     pub counts: Vec<u64>,
 }
 
-const CHUNK: usize = 1 << 15;
-
 impl Histogram {
     /// Bins the finite values of `data` into `bins` bins over `[stats.min, stats.max]`
-    /// (`stats` must be the data's own statistics).
+    /// (`stats` must be the data's own statistics): one read, chunks in parallel.
+    /// Value `v` goes to bin `⌊(v - lo) · bins / (hi - lo)⌋` (in f64, the last bin
+    /// closed), as it always did; a constant layer needs no read at all.
     pub fn of(data: &LayerData<'_>, stats: &Stats, bins: usize) -> Histogram {
         let bins = bins.max(1);
         let (lo, hi) = (stats.min, stats.max);
@@ -35,47 +34,13 @@ impl Histogram {
         if lo.is_nan() || hi.is_nan() {
             return h;
         }
-        let scale = if hi > lo {
-            bins as f64 / (hi - lo)
-        } else {
-            0.0
-        };
-        let fixed = bins / 2;
-        let count = |c: &[f32], counts: &mut [u64]| {
-            for &v in c.iter().filter(|v| v.is_finite()) {
-                let b = if scale > 0.0 {
-                    (((v as f64 - lo) * scale) as usize).min(bins - 1)
-                } else {
-                    fixed
-                };
-                counts[b] += 1;
-            }
-        };
-        let n = data.len();
-        let chunks = n.div_ceil(CHUNK);
-        if chunks <= 2 {
-            data.for_each_chunk(CHUNK, |_, c| count(c, &mut h.counts));
-        } else {
-            h.counts = (0..chunks)
-                .into_par_iter()
-                .fold(
-                    || (vec![0f32; CHUNK], vec![0u64; bins]),
-                    |(mut buf, mut counts), k| {
-                        let start = k * CHUNK;
-                        let len = CHUNK.min(n - start);
-                        data.read_into(start, &mut buf[..len]);
-                        count(&buf[..len], &mut counts);
-                        (buf, counts)
-                    },
-                )
-                .map(|(_, c)| c)
-                .reduce(
-                    || vec![0u64; bins],
-                    |mut a, b| {
-                        a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
-                        a
-                    },
-                );
+        if hi <= lo {
+            h.counts[bins / 2] = stats.count - stats.non_finite();
+            return h;
+        }
+        let scale = bins as f64 / (hi - lo);
+        for part in data.par_chunks(|_, c| bin_chunk(c, lo, scale, bins)) {
+            h.counts.iter_mut().zip(part).for_each(|(a, b)| *a += b);
         }
         h
     }
@@ -93,6 +58,73 @@ impl Histogram {
             self.lo
         }
     }
+}
+
+/// Values per block of the binning loop: bin numbers computed in lanes, then counted.
+const BIN_BLOCK: usize = 64;
+
+/// Counts of one chunk (with AVX2 where the CPU has it).
+fn bin_chunk(values: &[f32], lo: f64, scale: f64, bins: usize) -> Vec<u64> {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU supports AVX2 (checked just above).
+        return unsafe { bin_avx2(values, lo, scale, bins) };
+    }
+    bin_lanes(values, lo, scale, bins)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn bin_avx2(values: &[f32], lo: f64, scale: f64, bins: usize) -> Vec<u64> {
+    bin_lanes(values, lo, scale, bins)
+}
+
+/// The bin of each value of a block is computed branch-free in f64 lanes (non-finite
+/// values get the spare slot `bins`), then counted into four tables in turn (so
+/// consecutive equal bins do not wait on each other).
+#[inline(always)]
+fn bin_lanes(values: &[f32], lo: f64, scale: f64, bins: usize) -> Vec<u64> {
+    let mut counts = vec![0u64; bins];
+    let slow = |v: f32, counts: &mut [u64]| {
+        if v.is_finite() {
+            counts[(((v as f64 - lo) * scale) as usize).min(bins - 1)] += 1;
+        }
+    };
+    if bins > 1 << 24 {
+        values.iter().for_each(|&v| slow(v, &mut counts));
+        return counts;
+    }
+    let (top, spare, stride) = ((bins - 1) as f64, bins as f64, bins + 1);
+    let mut tables = vec![0u32; 4 * stride];
+    let (t0, rest) = tables.split_at_mut(stride);
+    let (t1, rest) = rest.split_at_mut(stride);
+    let (t2, t3) = rest.split_at_mut(stride);
+    let mut idx = [0i32; BIN_BLOCK];
+    let blocks = values.chunks_exact(BIN_BLOCK);
+    let tail = blocks.remainder();
+    for b in blocks {
+        let b: &[f32; BIN_BLOCK] = b.try_into().expect("bin block");
+        for j in 0..BIN_BLOCK {
+            let x = b[j];
+            let p = (x as f64 - lo) * scale;
+            let p = if p > 0.0 { p } else { 0.0 };
+            let p = if p < top { p } else { top };
+            let p = if x.abs() <= f32::MAX { p } else { spare };
+            // SAFETY: `p` is finite and within [0, bins], and bins <= 2^24.
+            idx[j] = unsafe { p.to_int_unchecked::<i32>() };
+        }
+        for q in idx.chunks_exact(4) {
+            t0[q[0] as usize] += 1;
+            t1[q[1] as usize] += 1;
+            t2[q[2] as usize] += 1;
+            t3[q[3] as usize] += 1;
+        }
+    }
+    for (i, c) in counts.iter_mut().enumerate() {
+        *c = t0[i] as u64 + t1[i] as u64 + t2[i] as u64 + t3[i] as u64;
+    }
+    tail.iter().for_each(|&v| slow(v, &mut counts));
+    counts
 }
 
 /// Background, bar, axis and grid-line colours of histogram pictures.

@@ -332,43 +332,51 @@ fn reduce_tile_into(data: &LayerData<'_>, l: &Layout, start: usize, out: &mut [f
         }
         return;
     }
-    // One read per band of `dy` rows (one output row).
-    let mut band = vec![0f32; dy * w];
-    let mut sum = vec![0f64; rw];
-    let mut cnt = vec![0u32; rw];
-    let mut bad = vec![false; rw];
-    for ry in 0..rh {
-        sum.fill(0.0);
-        cnt.fill(0);
-        bad.fill(false);
-        let s = ry * dy * w;
-        if s >= len {
-            break;
-        }
-        let n = ((((ry + 1) * dy).min(h) - ry * dy) * w).min(len - s);
-        data.read_into(start + s, &mut band[..n]);
-        for row in band[..n].chunks(w) {
-            for (oc, block) in row.chunks(dx).enumerate() {
-                for &v in block {
-                    if v.is_finite() {
-                        sum[oc] += v as f64;
-                        cnt[oc] += 1;
-                    } else {
-                        bad[oc] = true;
+    // One read per band of `dy` rows (one output row), bands in parallel (a layer
+    // shown as one folded map is read by every thread); each cell sums its values
+    // in order, as it always did.
+    out[..rh * rw].par_chunks_mut(rw).enumerate().for_each_init(
+        || {
+            (
+                vec![0f32; dy * w],
+                vec![0f64; rw],
+                vec![0u32; rw],
+                vec![false; rw],
+            )
+        },
+        |(band, sum, cnt, bad), (ry, out)| {
+            let s = ry * dy * w;
+            if s >= len {
+                return;
+            }
+            sum.fill(0.0);
+            cnt.fill(0);
+            bad.fill(false);
+            let n = ((((ry + 1) * dy).min(h) - ry * dy) * w).min(len - s);
+            data.read_into(start + s, &mut band[..n]);
+            for row in band[..n].chunks(w) {
+                for (oc, block) in row.chunks(dx).enumerate() {
+                    for &v in block {
+                        if v.is_finite() {
+                            sum[oc] += v as f64;
+                            cnt[oc] += 1;
+                        } else {
+                            bad[oc] = true;
+                        }
                     }
                 }
             }
-        }
-        for oc in 0..rw {
-            out[ry * rw + oc] = if bad[oc] {
-                f32::NAN
-            } else if cnt[oc] > 0 {
-                (sum[oc] / cnt[oc] as f64) as f32
-            } else {
-                BLANK
-            };
-        }
-    }
+            for oc in 0..rw {
+                out[oc] = if bad[oc] {
+                    f32::NAN
+                } else if cnt[oc] > 0 {
+                    (sum[oc] / cnt[oc] as f64) as f32
+                } else {
+                    BLANK
+                };
+            }
+        },
+    );
 }
 
 /// Smallest and largest finite value, if any.

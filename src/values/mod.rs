@@ -10,6 +10,10 @@
 //! a shrunken file just comes back short; the reader fills the missing values with
 //! NaN and remembers the failure, which [`LayerData::check`] reports. Every
 //! consumer that returns a result (stats, pictures, diffs, galleries) checks it.
+//!
+//! Whole layers are read fast by `bulk`: chunks scanned in parallel
+//! (`par_chunks`, `par_fold`), `to_vec` and `read_vec` straight into memory that is
+//! not zeroed first.
 
 use std::borrow::Cow;
 use std::fs::File;
@@ -20,6 +24,12 @@ use half::{bf16, f16};
 use safetensors::Dtype;
 
 use crate::{Error, Result};
+
+mod bulk;
+
+pub(crate) use bulk::read_vec;
+#[cfg(test)]
+pub(crate) use bulk::SCAN_CHUNK;
 
 /// Where the bytes are.
 enum Source<'a> {
@@ -244,13 +254,6 @@ impl<'a> LayerData<'a> {
             f(start, &buf[..n]);
             start += n;
         }
-    }
-
-    /// All values as f32 (see [`LayerData::check`] for read failures).
-    pub fn to_vec(&self) -> Vec<f32> {
-        let mut v = vec![0f32; self.len];
-        self.read_into(0, &mut v);
-        v
     }
 }
 

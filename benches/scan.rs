@@ -1,0 +1,361 @@
+//! Issue 14: reading layers fast. In one process, on a ~1 GB run in `TMPDIR`
+//! (16 × 64 MiB f32, page cache warm):
+//! - a plain multi-threaded pass over the mapped bytes (max of the f32 values in
+//!   16 lanes, rayon), the ceiling of any reader;
+//! - statistics + a 64-bin histogram of every layer: the implementation before
+//!   issue 14 (re-implemented here: chunks of 2^14 read and converted, two f64
+//!   passes, a scalar binning pass) against `Stats::of` + `Histogram::of`;
+//! - `candlelight show` of the run (the binary) and its library work (`stats_at` of
+//!   every layer); a layer's picture (`render::render`, a `[1, n]` layer is read whole);
+//! - `values()` / `tensor()` of one 64 MiB layer against a parallel memcpy from the
+//!   mapping into fresh memory (and the old `values()`: zeroed vector + one read).
+//!
+//! `cargo bench --bench scan` (~1 min; `SCAN_BENCH_LAYERS`, default 16). Without
+//! `--bench` (`cargo test --benches`) it runs once on 4 layers of 1 MiB.
+
+mod common;
+
+use std::io::{BufWriter, Write};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use candlelight::render::{self, Histogram, RenderOptions};
+use candlelight::{LayerData, Run, Stats};
+use common::{ms, Figure};
+use rayon::prelude::*;
+
+/// Writes a version-1 run of `layers` F32 layers `[1, n]` of pseudo-random values
+/// in [-1, 1) with a few zeros, streaming.
+fn write_run(path: &Path, layers: usize, n: usize) {
+    let names: Vec<String> = (0..layers).map(|l| format!("blocks.{l:02}.out")).collect();
+    let mut header = serde_json::Map::new();
+    let meta = serde_json::json!({
+        "candlelight.version": "1",
+        "candlelight.order": serde_json::to_string(&names).unwrap(),
+        "candlelight.run": serde_json::json!({
+            "id": "scan-bench", "created": "2026-12-03T00:00:00Z", "model": "bench", "input": "x"
+        }).to_string(),
+    });
+    header.insert("__metadata__".into(), meta);
+    let bytes = n * 4;
+    for (l, name) in names.iter().enumerate() {
+        let range = [l * bytes, (l + 1) * bytes];
+        let entry = serde_json::json!({"dtype": "F32", "shape": [1, n], "data_offsets": range});
+        header.insert(name.clone(), entry);
+    }
+    let mut head = serde_json::to_vec(&header).unwrap();
+    while head.len() % 8 != 0 {
+        head.push(b' ');
+    }
+    let mut w = BufWriter::with_capacity(1 << 20, std::fs::File::create(path).unwrap());
+    w.write_all(&(head.len() as u64).to_le_bytes()).unwrap();
+    w.write_all(&head).unwrap();
+    let mut z = 0x9e37_79b9_7f4a_7c15u64;
+    for _ in 0..layers * n {
+        z ^= z << 13;
+        z ^= z >> 7;
+        z ^= z << 17;
+        let v = if z % 64 == 0 {
+            0.0
+        } else {
+            (z >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+        };
+        w.write_all(&v.to_le_bytes()).unwrap();
+    }
+    w.into_inner().unwrap().sync_all().unwrap();
+}
+
+/// The statistics and histogram of a layer as computed before issue 14.
+/// Mean, std and histogram counts of a layer.
+type Summary = (f64, f64, Vec<u64>);
+
+fn old_stats_hist(data: &LayerData<'_>, bins: usize) -> Summary {
+    const CHUNK: usize = 1 << 14;
+    let n = data.len();
+    let parts: Vec<(u64, f64, f64, f32, f32)> = (0..n.div_ceil(CHUNK))
+        .into_par_iter()
+        .map_init(
+            || vec![0f32; CHUNK],
+            |buf, k| {
+                let len = CHUNK.min(n - k * CHUNK);
+                data.read_into(k * CHUNK, &mut buf[..len]);
+                let c = &buf[..len];
+                let (mut fin, mut sum, mut lo, mut hi) =
+                    (0u64, 0f64, f32::INFINITY, f32::NEG_INFINITY);
+                for &v in c {
+                    if v.is_finite() {
+                        fin += 1;
+                        sum += v as f64;
+                        lo = lo.min(v);
+                        hi = hi.max(v);
+                    }
+                }
+                let mean = sum / fin.max(1) as f64;
+                let m2: f64 = c
+                    .iter()
+                    .filter(|v| v.is_finite())
+                    .map(|&v| (v as f64 - mean).powi(2))
+                    .sum();
+                (fin, mean, m2, lo, hi)
+            },
+        )
+        .collect();
+    let (mut fin, mut mean, mut m2, mut lo, mut hi) =
+        (0u64, 0f64, 0f64, f32::INFINITY, f32::NEG_INFINITY);
+    for (f, m, q, l, h) in parts {
+        let t = fin + f;
+        let d = m - mean;
+        mean += d * f as f64 / t.max(1) as f64;
+        m2 += q + d * d * fin as f64 * f as f64 / t.max(1) as f64;
+        (fin, lo, hi) = (t, lo.min(l), hi.max(h));
+    }
+    let (lo, hi) = (lo as f64, hi as f64);
+    let scale = bins as f64 / (hi - lo);
+    let counts = (0..n.div_ceil(CHUNK * 2))
+        .into_par_iter()
+        .fold(
+            || (vec![0f32; CHUNK * 2], vec![0u64; bins]),
+            |(mut buf, mut counts), k| {
+                let len = (CHUNK * 2).min(n - k * CHUNK * 2);
+                data.read_into(k * CHUNK * 2, &mut buf[..len]);
+                for &v in buf[..len].iter().filter(|v| v.is_finite()) {
+                    counts[(((v as f64 - lo) * scale) as usize).min(bins - 1)] += 1;
+                }
+                (buf, counts)
+            },
+        )
+        .map(|(_, c)| c)
+        .reduce(
+            || vec![0u64; bins],
+            |a, b| a.iter().zip(b).map(|(x, y)| x + y).collect(),
+        );
+    (mean, (m2 / fin as f64).sqrt(), counts)
+}
+
+fn new_stats_hist(data: &LayerData<'_>, bins: usize) -> Summary {
+    let s = Stats::of(data);
+    let h = Histogram::of(data, &s, bins);
+    (s.mean, s.std, h.counts)
+}
+
+/// Time of `f`, run `rounds` times; with the result of the last run.
+fn time<R>(rounds: usize, mut f: impl FnMut() -> R) -> (Figure, R) {
+    let mut times = Vec::new();
+    let mut last = None;
+    for _ in 0..rounds {
+        let t = Instant::now();
+        last = Some(std::hint::black_box(f()));
+        times.push(t.elapsed());
+    }
+    (Figure(times), last.expect("at least one round"))
+}
+
+fn gbs(bytes: usize, d: Duration) -> f64 {
+    bytes as f64 / d.as_secs_f64() / 1e9
+}
+
+fn uptime() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
+fn main() -> anyhow::Result<()> {
+    let full = std::env::args().any(|a| a == "--bench");
+    let layers: usize = std::env::var("SCAN_BENCH_LAYERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(if full { 16 } else { 4 });
+    let n = if full { 16 << 20 } else { 1 << 18 };
+    let rounds = if full { 5 } else { 1 };
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("scan-bench.safetensors");
+    write_run(&path, layers, n);
+    let run = Run::open(&path)?;
+    let bytes = run.data_bytes();
+    println!("load before: {}", uptime());
+    let file = std::fs::File::open(&path)?;
+    // SAFETY: the bench's own file, not modified while mapped.
+    let map = unsafe { memmap2::Mmap::map(&file)? };
+    let plain = || {
+        let floats: &[f32] = bytemuck::cast_slice(&map[..map.len() / 64 * 64]);
+        floats
+            .par_chunks(1 << 16)
+            .map(|c| {
+                let mut m = [0f32; 16];
+                for k in c.chunks_exact(16) {
+                    for j in 0..16 {
+                        m[j] = if k[j] > m[j] { k[j] } else { m[j] };
+                    }
+                }
+                m.iter().fold(0f32, |a, &b| a.max(b))
+            })
+            .reduce(|| 0f32, f32::max)
+    };
+    plain();
+    let each = |f: &dyn Fn(&LayerData<'_>) -> Summary| {
+        run.layers()
+            .iter()
+            .map(|l| f(&run.data_at(l.index).unwrap()))
+            .collect::<Vec<_>>()
+    };
+    let (mut t_plain, mut t_old, mut t_new) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut r_old, mut r_new) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        t_plain.push(time(1, plain).0 .0[0]);
+        let (t, r) = time(1, || each(&|d| old_stats_hist(d, 64)));
+        t_old.push(t.0[0]);
+        r_old = r;
+        let (t, r) = time(1, || each(&|d| new_stats_hist(d, 64)));
+        t_new.push(t.0[0]);
+        r_new = r;
+    }
+    for (a, b) in r_old.iter().zip(&r_new) {
+        assert_eq!(a.2, b.2, "histograms differ");
+        assert!(
+            (a.0 - b.0).abs() <= 1e-5 * a.1 && (a.1 - b.1).abs() <= 1e-5 * a.1,
+            "{a:?} vs {b:?}"
+        );
+    }
+    let (t_plain, t_old, t_new) = (Figure(t_plain), Figure(t_old), Figure(t_new));
+    let g = |f: &Figure| (gbs(bytes, f.min()), gbs(bytes, f.median()));
+    println!(
+        "run: {layers} layers of {} MiB f32 ({:.2} GB)",
+        (n * 4) >> 20,
+        bytes as f64 / 1e9
+    );
+    println!(
+        "plain mapped pass (max, rayon):  {:.2} GB/s best, {:.2} median",
+        g(&t_plain).0,
+        g(&t_plain).1
+    );
+    println!(
+        "stats + histogram, before:       {:.2} GB/s best, {:.2} median",
+        g(&t_old).0,
+        g(&t_old).1
+    );
+    println!(
+        "stats + histogram, now:          {:.2} GB/s best, {:.2} median (goal >= 5)",
+        g(&t_new).0,
+        g(&t_new).1
+    );
+    println!(
+        "  now / before: {:.2}x (median of per-round ratios)",
+        1.0 / t_new.ratio(&t_old)[2]
+    );
+    println!(
+        "  now / plain mapped pass: {:.2} (per round; goal >= 0.3)",
+        1.0 / t_new.ratio(&t_plain)[2]
+    );
+    let (t_stats, _) = time(rounds, || {
+        run.layers()
+            .iter()
+            .map(|l| run.stats_at(l.index).unwrap().mean)
+            .sum::<f64>()
+    });
+    println!(
+        "stats of every layer (show's work): {:.2} GB/s best, {:.2} median",
+        g(&t_stats).0,
+        g(&t_stats).1
+    );
+    if let Some(bin) = option_env!("CARGO_BIN_EXE_candlelight") {
+        let (t_show, ok) = time(rounds, || {
+            std::process::Command::new(bin)
+                .arg("show")
+                .arg(&path)
+                .stdout(std::process::Stdio::null())
+                .status()
+                .map(|s| s.success())
+        });
+        anyhow::ensure!(ok?, "candlelight show failed");
+        println!(
+            "candlelight show (binary): {:.1} ms best = {:.2} GB/s",
+            ms(t_show.min()),
+            gbs(bytes, t_show.min())
+        );
+    }
+    let l0 = &run.layers()[0];
+    let opts = RenderOptions {
+        labels: true,
+        ..RenderOptions::default()
+    };
+    let (t_pic, _) = time(rounds, || {
+        render::render(&run.data_at(0).unwrap(), &l0.shape, &opts)
+            .unwrap()
+            .layout
+            .tiles
+    });
+    let (t_one, _) = time(rounds, || new_stats_hist(&run.data_at(0).unwrap(), 64).0);
+    println!(
+        "one layer ({} MiB): picture {:.1} ms, stats + histogram {:.1} ms (best)",
+        l0.nbytes() >> 20,
+        ms(t_pic.min()),
+        ms(t_one.min())
+    );
+    copies(&run, &map, rounds.max(3) * 2)?;
+    println!("load after: {}", uptime());
+    Ok(())
+}
+
+/// `values()` / `tensor()` of layer 0 against a parallel copy out of the mapping.
+fn copies(run: &Run, map: &memmap2::Mmap, rounds: usize) -> anyhow::Result<()> {
+    let l = &run.layers()[0];
+    let name = l.name.clone();
+    let data = run.data_at(0)?;
+    let start = map.len() - run.data_bytes();
+    let src = &map[start..start + l.nbytes()];
+    let memcpy = || {
+        let mut v: Vec<u8> = Vec::with_capacity(src.len());
+        v.spare_capacity_mut()
+            .par_chunks_mut(1 << 20)
+            .zip(src.par_chunks(1 << 20))
+            .for_each(|(d, s)| {
+                for (d, &s) in d.iter_mut().zip(s) {
+                    d.write(s);
+                }
+            });
+        // SAFETY: every byte was written just above.
+        unsafe { v.set_len(src.len()) };
+        v
+    };
+    let old_values = || {
+        let mut v = vec![0f32; data.len()];
+        data.read_into(0, &mut v);
+        v
+    };
+    let (mut tm, mut tv, mut tt, mut to) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        tm.push(time(1, memcpy).0 .0[0]);
+        tv.push(time(1, || run.values(&name).unwrap()).0 .0[0]);
+        tt.push(time(1, || run.tensor(&name).unwrap()).0 .0[0]);
+        to.push(time(1, old_values).0 .0[0]);
+    }
+    let (tm, tv, tt, to) = (Figure(tm), Figure(tv), Figure(tt), Figure(to));
+    anyhow::ensure!(run.values(&name)? == old_values(), "values differ");
+    println!("64 MiB layer ({} MiB), median ms (min):", l.nbytes() >> 20);
+    println!(
+        "  parallel memcpy from the mapping: {:.1} ({:.1})",
+        ms(tm.median()),
+        ms(tm.min())
+    );
+    println!(
+        "  values(): {:.1} ({:.1}), {:.2}x the memcpy (per round; goal <= 1.2)",
+        ms(tv.median()),
+        ms(tv.min()),
+        tv.ratio(&tm)[2]
+    );
+    println!(
+        "  tensor(): {:.1} ({:.1}), {:.2}x the memcpy (per round; goal <= 1.2)",
+        ms(tt.median()),
+        ms(tt.min()),
+        tt.ratio(&tm)[2]
+    );
+    println!(
+        "  values() before (zeroed vector + one read): {:.1} ({:.1}), {:.2}x",
+        ms(to.median()),
+        ms(to.min()),
+        to.ratio(&tm)[2]
+    );
+    Ok(())
+}
