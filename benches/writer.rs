@@ -107,7 +107,9 @@ fn side(k: usize, o: &Opts, model: &Seq, x: &Tensor, run: &Run, dir: &Path, t: &
             let writer = RunWriter::with_threads(dir, o.capacity, o.threads).expect("writer");
             let start = Instant::now();
             for _ in 0..o.passes {
-                writer.save(record(model, x)).expect("save in the background");
+                writer
+                    .save(record(model, x))
+                    .expect("save in the background");
             }
             t.bg_loop.push(start.elapsed());
             writer.finish().expect("finish");
@@ -214,7 +216,10 @@ fn report(o: &Opts, t: &Times, file_bytes: f64, load: [String; 2]) {
         "background incl. finish / plain = {}; goal <= 1.2",
         show(bg_total.ratio(&plain))
     );
-    println!("synchronous Run::save / plain = {}", show(sync.ratio(&plain)));
+    println!(
+        "synchronous Run::save / plain = {}",
+        show(sync.ratio(&plain))
+    );
     println!("Run::save alone / plain = {}", show(alone.ratio(&plain)));
     let rate = file_bytes * o.passes as f64 / alone.median().as_secs_f64();
     println!(

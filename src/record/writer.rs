@@ -127,10 +127,10 @@ impl RunWriter {
         });
         let threads = (0..threads)
             .map(|i| {
-                let (rx, shared, dir) = (rx.clone(), shared.clone(), dir.clone());
+                let (rx, shared, to) = (rx.clone(), shared.clone(), dir.clone());
                 std::thread::Builder::new()
                     .name(format!("candlelight-writer-{i}"))
-                    .spawn(move || work(&rx, &shared, &dir))
+                    .spawn(move || work(&rx, &shared, &to))
                     .map_err(|e| Error::io(&dir, e))
             })
             .collect::<Result<Vec<_>>>()?;

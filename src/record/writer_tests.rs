@@ -41,6 +41,15 @@ fn run_files(dir: &Path) -> Vec<PathBuf> {
     v
 }
 
+/// True when two run files hold the same bytes, up to the order of the header's
+/// JSON keys (`Run::save` itself writes the metadata map in hash order).
+fn same_file(a: &Path, b: &Path) -> bool {
+    let (a, b) = (std::fs::read(a).unwrap(), std::fs::read(b).unwrap());
+    let n = |f: &[u8]| 8 + u64::from_le_bytes(f[..8].try_into().unwrap()) as usize;
+    let head = |f: &[u8]| serde_json::from_slice::<serde_json::Value>(&f[8..n(f)]).unwrap();
+    a.len() == b.len() && n(&a) == n(&b) && a[n(&a)..] == b[n(&b)..] && head(&a) == head(&b)
+}
+
 #[test]
 fn writes_what_run_save_writes() {
     let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
@@ -57,7 +66,7 @@ fn writes_what_run_save_writes() {
     writer.flush().unwrap();
     assert_eq!(writer.pending(), 0);
     for (want, got) in expected {
-        assert!(std::fs::read(want).unwrap() == std::fs::read(got).unwrap());
+        assert!(same_file(&want, &got), "{}", got.display());
     }
     assert_eq!(run_files(b.path()).len(), 3, "no temp file left");
 }
@@ -86,8 +95,15 @@ fn a_full_queue_blocks_save() {
         std::thread::sleep(Duration::from_millis(200));
         assert_eq!(returned.load(Ordering::SeqCst), held, "save did not block");
         assert!(!saver.is_finished());
-        assert_eq!(writer.pending(), held + 1, "the blocked run counts as pending");
-        assert!(run_files(dir.path()).is_empty(), "nothing written while stopped");
+        assert_eq!(
+            writer.pending(),
+            held + 1,
+            "the blocked run counts as pending"
+        );
+        assert!(
+            run_files(dir.path()).is_empty(),
+            "nothing written while stopped"
+        );
         writer.shared.gate.set(false);
     });
     writer.flush().unwrap();
@@ -107,13 +123,22 @@ fn failures_come_back_on_the_next_call_naming_the_file() {
     let second = run(2);
     let second_path = writer.path_of(&second);
     let e = writer.save(second).unwrap_err();
-    assert!(matches!(&e, Error::NotSaved { path, .. } if *path == first), "{e:?}");
+    assert!(
+        matches!(&e, Error::NotSaved { path, .. } if *path == first),
+        "{e:?}"
+    );
     let line = one_line(&e);
     assert!(!line.contains('\n'));
-    assert!(line.starts_with(&format!("{}: not saved: ", first.display())), "{line}");
+    assert!(
+        line.starts_with(&format!("{}: not saved: ", first.display())),
+        "{line}"
+    );
     // The second run was queued all the same: its failure comes from flush.
     let e = writer.flush().unwrap_err();
-    assert!(matches!(&e, Error::NotSaved { path, .. } if *path == second_path), "{e:?}");
+    assert!(
+        matches!(&e, Error::NotSaved { path, .. } if *path == second_path),
+        "{e:?}"
+    );
     writer.check().unwrap();
     writer.flush().unwrap();
     let third = writer.save(run(3)).unwrap();
@@ -150,7 +175,10 @@ fn names_are_never_reused() {
     let (_, b) = Recorder::new("m").id("same").record(|| Ok(())).unwrap();
     let path = writer.save(a).unwrap();
     let e = writer.save(b).unwrap_err();
-    assert!(matches!(&e, Error::Io { path: p, .. } if *p == path), "{e:?}");
+    assert!(
+        matches!(&e, Error::Io { path: p, .. } if *p == path),
+        "{e:?}"
+    );
     writer.shared.gate.set(false);
     writer.flush().unwrap();
     let (_, c) = Recorder::new("m").id("same").record(|| Ok(())).unwrap();
