@@ -156,8 +156,9 @@ impl RunWriter {
     /// [`RunWriter::flush`]); blocks while the queue is full.
     ///
     /// Errors: a run file or queued run of that name already exists (the run is not
-    /// queued); or an earlier save failed: that failure ([`Error::NotSaved`], naming
-    /// its file) is returned, and `run` is still queued, at [`RunWriter::path_of`].
+    /// queued); or an earlier save failed (possibly this run's own, when the writer
+    /// thread was that quick): that failure ([`Error::NotSaved`], naming its file) is
+    /// returned, and `run` is still queued, at [`RunWriter::path_of`].
     pub fn save(&self, run: Run) -> Result<PathBuf> {
         let target = self.path_of(&run);
         {
