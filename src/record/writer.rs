@@ -178,8 +178,8 @@ impl RunWriter {
             run,
             target: target.clone(),
         };
-        let sent = self.tx.as_ref().map(|tx| tx.send(job));
-        if !matches!(sent, Some(Ok(()))) {
+        let sent = self.tx.as_ref().is_some_and(|tx| tx.send(job).is_ok());
+        if !sent {
             // Every writer thread is gone (cannot happen while the writer lives:
             // they catch panics); say so rather than drop the run silently.
             self.shared.lock().pending.remove(&target);
