@@ -79,6 +79,16 @@ pub enum Error {
         /// What it is and what was not done.
         msg: String,
     },
+    /// A run a background [`crate::RunWriter`] could not save: the run file it was
+    /// to be, and why (no file of this run was left under that name).
+    #[error("{}: not saved: {source}", path.display())]
+    NotSaved {
+        /// The run file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: Box<Error>,
+    },
     /// A bug in candlelight (a bundled template that does not render, ...).
     #[error("internal error: {msg}")]
     Internal {

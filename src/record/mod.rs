@@ -28,8 +28,10 @@ pub mod nn;
 mod patch;
 mod scope;
 pub mod with_tracing;
+mod writer;
 
 pub use scope::Scope;
+pub use writer::RunWriter;
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};

@@ -1,0 +1,234 @@
+//! Saving runs off the forward thread (issue 14, goal 2): a loop of 100 recorded and
+//! saved passes of the seed CNN (`candlelight::models::seed_cnn_seeded`), batch 64,
+//! CPU, with `RunWriter` against the plain forward loop. Goal: ≤ 1.2× the plain loop.
+//!
+//! Sides, each a loop of `--passes` (100) passes, run in rounds in this one process,
+//! each round starting one side later:
+//!
+//! - plain: `Seq::forward`, no recorder;
+//! - background: `Recorder::record` + `RunWriter::save`; timed at the loop's end
+//!   (what the forward thread waited) and again after `RunWriter::finish` (every
+//!   file synced and renamed);
+//! - sync: `Recorder::record` + `Run::save` on the forward thread (before);
+//! - save alone: `Run::save` of one recorded run, `--passes` times (removing each
+//!   file not timed): the writer thread's work with nothing else running, i.e. what
+//!   the disk allows.
+//!
+//! Run files are removed after each side (not timed). Prints medians, minimums, the
+//! per-round ratios over the plain loop, the disk rate of `save`, and the load
+//! average before and after.
+//!
+//! `cargo bench --bench writer` (~2 min; `-- --rounds N --passes N --capacity N
+//! --threads N`); writes ~5 GB per round under `TMPDIR`, removed as it goes.
+
+use std::hint::black_box;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context, Result};
+use candle_core::{Device, Module, Tensor};
+use candlelight::models::{seed_cnn_seeded, seeded_uniform};
+use candlelight::nn::Seq;
+use candlelight::{Recorder, Run, RunWriter};
+
+mod common;
+use common::{ms, Figure};
+
+const BATCH: usize = 64;
+
+struct Opts {
+    rounds: usize,
+    passes: usize,
+    capacity: usize,
+    threads: usize,
+}
+
+fn opts(bench_mode: bool) -> Result<Opts> {
+    let args: Vec<String> = std::env::args().collect();
+    let get = |name: &str, default: usize| -> Result<usize> {
+        match args.iter().position(|a| a == name) {
+            Some(i) => args
+                .get(i + 1)
+                .context(format!("{name} needs a value"))?
+                .parse()
+                .context(format!("bad {name}")),
+            None => Ok(default),
+        }
+    };
+    let (rounds, passes) = if bench_mode { (5, 100) } else { (1, 3) };
+    Ok(Opts {
+        rounds: get("--rounds", rounds)?,
+        passes: get("--passes", passes)?,
+        capacity: get("--capacity", 4)?,
+        threads: get("--threads", 1)?,
+    })
+}
+
+fn record(model: &Seq, x: &Tensor) -> Run {
+    Recorder::new("seed-cnn")
+        .record(|| model.forward(x))
+        .expect("record")
+        .1
+}
+
+/// Removes every file of `dir` (the runs of one side).
+fn clear(dir: &Path) {
+    for e in std::fs::read_dir(dir).expect("read runs folder") {
+        std::fs::remove_file(e.expect("entry").path()).expect("remove run file");
+    }
+}
+
+/// The load average over 1, 5 and 15 minutes.
+fn load() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "?".into())
+}
+
+struct Times {
+    plain: Vec<Duration>,
+    bg_loop: Vec<Duration>,
+    bg_total: Vec<Duration>,
+    sync: Vec<Duration>,
+    save_alone: Vec<Duration>,
+}
+
+/// One side of a round; pushes its time(s).
+fn side(k: usize, o: &Opts, model: &Seq, x: &Tensor, run: &Run, dir: &Path, t: &mut Times) {
+    match k {
+        0 => {
+            let start = Instant::now();
+            for _ in 0..o.passes {
+                drop(black_box(model.forward(x).expect("forward")));
+            }
+            t.plain.push(start.elapsed());
+        }
+        1 => {
+            let writer = RunWriter::with_threads(dir, o.capacity, o.threads).expect("writer");
+            let start = Instant::now();
+            for _ in 0..o.passes {
+                writer
+                    .save(record(model, x))
+                    .expect("save in the background");
+            }
+            t.bg_loop.push(start.elapsed());
+            writer.finish().expect("finish");
+            t.bg_total.push(start.elapsed());
+            clear(dir);
+        }
+        2 => {
+            let start = Instant::now();
+            for _ in 0..o.passes {
+                record(model, x).save(dir).expect("save");
+            }
+            t.sync.push(start.elapsed());
+            clear(dir);
+        }
+        _ => {
+            let mut took = Duration::ZERO;
+            for _ in 0..o.passes {
+                let start = Instant::now();
+                let p = run.save(dir).expect("save");
+                took += start.elapsed();
+                std::fs::remove_file(p).expect("remove");
+            }
+            t.save_alone.push(took);
+        }
+    }
+}
+
+fn main() -> Result<()> {
+    let bench_mode = std::env::args().any(|a| a == "--bench");
+    let o = opts(bench_mode)?;
+    let device = Device::Cpu;
+    let (_varmap, model) = seed_cnn_seeded(42, &device)?;
+    let x = seeded_uniform(&[BATCH, 1, 28, 28], 7, &device)?;
+    let run = record(&model, &x);
+    ensure!(run.len() == 10, "expected 10 layers, got {}", run.len());
+    let dir = tempfile::tempdir()?;
+    let file_bytes = {
+        let p = run.save(dir.path())?;
+        let n = std::fs::metadata(&p)?.len();
+        std::fs::remove_file(p)?;
+        n as f64
+    };
+    let mut t = Times {
+        plain: vec![],
+        bg_loop: vec![],
+        bg_total: vec![],
+        sync: vec![],
+        save_alone: vec![],
+    };
+    let load_before = load();
+    for round in 0..o.rounds {
+        for k in 0..4 {
+            side((round + k) % 4, &o, &model, &x, &run, dir.path(), &mut t);
+        }
+    }
+    let load_after = load();
+    report(&o, &t, file_bytes, [load_before, load_after]);
+    Ok(())
+}
+
+fn report(o: &Opts, t: &Times, file_bytes: f64, load: [String; 2]) {
+    let f = |v: &Vec<Duration>| Figure(v.clone());
+    let (plain, bg_loop, bg_total) = (f(&t.plain), f(&t.bg_loop), f(&t.bg_total));
+    let (sync, alone) = (f(&t.sync), f(&t.save_alone));
+    println!();
+    println!(
+        "== writer: seed CNN, input [{BATCH}, 1, 28, 28] f32, CPU, {} threads; loops of {} passes, {} rounds; RunWriter capacity {}, {} writer thread(s)",
+        std::thread::available_parallelism().map_or(1, |n| n.get()),
+        o.passes,
+        o.rounds,
+        o.capacity,
+        o.threads
+    );
+    println!(
+        "   run file {:.1} MB; {} per loop {:.0} MB",
+        file_bytes / 1e6,
+        o.passes,
+        file_bytes * o.passes as f64 / 1e6
+    );
+    println!("   load average before: {}; after: {}", load[0], load[1]);
+    println!("   {:<46} {:>10} {:>10}", "loop", "median", "min");
+    let sides = [
+        ("plain forward (Seq, no recorder)", &plain),
+        ("record + RunWriter::save (loop end)", &bg_loop),
+        ("record + RunWriter::save + finish", &bg_total),
+        ("record + Run::save (synchronous)", &sync),
+        ("Run::save alone", &alone),
+    ];
+    for (name, fig) in sides {
+        println!(
+            "   {name:<46} {:>7.0} ms {:>7.0} ms",
+            ms(fig.median()),
+            ms(fig.min())
+        );
+    }
+    let show = |[med, min, paired]: [f64; 3]| {
+        format!("{med:.3} (min/min {min:.3}, per round {paired:.3})")
+    };
+    println!(
+        "background, forward thread (loop end) / plain = {}; goal <= 1.2",
+        show(bg_loop.ratio(&plain))
+    );
+    println!(
+        "background incl. finish / plain = {}; goal <= 1.2",
+        show(bg_total.ratio(&plain))
+    );
+    println!(
+        "synchronous Run::save / plain = {}",
+        show(sync.ratio(&plain))
+    );
+    println!("Run::save alone / plain = {}", show(alone.ratio(&plain)));
+    let rate = file_bytes * o.passes as f64 / alone.median().as_secs_f64();
+    println!(
+        "disk: Run::save alone writes {:.0} MB/s (median; best {:.0} MB/s): {} files need {:.2} s at that rate, {:.2}x the plain loop's median {:.2} s",
+        rate / 1e6,
+        file_bytes * o.passes as f64 / alone.min().as_secs_f64() / 1e6,
+        o.passes,
+        alone.median().as_secs_f64(),
+        alone.median().as_secs_f64() / plain.median().as_secs_f64(),
+        plain.median().as_secs_f64()
+    );
+}
