@@ -284,3 +284,37 @@ mod tests {
         assert_eq!(height(12), 50 - COLORBAR - GAP - 1);
     }
 }
+
+#[cfg(test)]
+mod against_reference {
+    use rand::SeedableRng;
+    use safetensors::Dtype;
+
+    use super::Histogram;
+    use crate::stats::against_reference::{reference_histogram, reference_stats, stored, values};
+    use crate::stats::Stats;
+    use crate::values::SCAN_CHUNK;
+
+    #[test]
+    fn fast_histograms_match_the_reference() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(14);
+        for n in [0, 1, 7, 255, 257, 3 * SCAN_CHUNK + 123] {
+            for kind in 0..5 {
+                let v = values(&mut rng, n, kind);
+                for dtype in [Dtype::F32, Dtype::F16, Dtype::BF16, Dtype::F64] {
+                    let (data, as_read) = stored(&v, dtype);
+                    let (got, want) = (Stats::of(&data), reference_stats(&as_read));
+                    for bins in [1, 10, 64] {
+                        let h = Histogram::of(&data, &got, bins);
+                        let what = format!("n {n}, kind {kind}, {dtype}, {bins} bins");
+                        assert_eq!(
+                            h.counts,
+                            reference_histogram(&as_read, &want, bins),
+                            "{what}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}

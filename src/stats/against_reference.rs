@@ -2,7 +2,8 @@
 //! subnormals, huge values, offset means) stored as F32, F16, BF16 and F64:
 //! - count, min, max, zero fraction, NaN and Inf counts: exactly the reference's;
 //! - mean: within 1e-5 std + 1e-12 |mean|; std: within 1e-5 relative (f32 block sums);
-//! - histogram counts: exactly the reference's.
+//! - histogram counts: exactly the reference's (checked in `render::histogram`,
+//!   which builds on these statistics).
 
 use std::borrow::Cow;
 
@@ -15,7 +16,7 @@ use crate::values::{LayerData, SCAN_CHUNK};
 
 /// What `Stats::of` was before the fused kernel: chunks of 2^14 values, two f64
 /// passes each, merged with Chan's formula.
-fn reference_stats(values: &[f32]) -> Stats {
+pub(crate) fn reference_stats(values: &[f32]) -> Stats {
     values
         .chunks(1 << 14)
         .map(Acc::of_exact)
@@ -25,7 +26,8 @@ fn reference_stats(values: &[f32]) -> Stats {
 
 /// What `Histogram::of` was: every finite value binned one by one in f64.
 #[cfg(feature = "render")]
-fn reference_histogram(values: &[f32], s: &Stats, bins: usize) -> Vec<u64> {
+#[cfg_attr(not(feature = "render"), allow(dead_code))]
+pub(crate) fn reference_histogram(values: &[f32], s: &Stats, bins: usize) -> Vec<u64> {
     let mut counts = vec![0u64; bins];
     if s.min.is_nan() {
         return counts;
@@ -47,7 +49,7 @@ fn reference_histogram(values: &[f32], s: &Stats, bins: usize) -> Vec<u64> {
 }
 
 /// Random values of one of several kinds.
-fn values(rng: &mut rand::rngs::StdRng, n: usize, kind: usize) -> Vec<f32> {
+pub(crate) fn values(rng: &mut rand::rngs::StdRng, n: usize, kind: usize) -> Vec<f32> {
     (0..n)
         .map(|_| {
             let r: f32 = rng.random_range(-1.0..1.0);
@@ -70,7 +72,7 @@ fn values(rng: &mut rand::rngs::StdRng, n: usize, kind: usize) -> Vec<f32> {
         .collect()
 }
 
-fn stored(v: &[f32], dtype: Dtype) -> (LayerData<'static>, Vec<f32>) {
+pub(crate) fn stored(v: &[f32], dtype: Dtype) -> (LayerData<'static>, Vec<f32>) {
     let bytes: Vec<u8> = match dtype {
         Dtype::F16 => v
             .iter()
@@ -93,7 +95,7 @@ fn close(a: f64, b: f64, tol: f64) -> bool {
 }
 
 #[test]
-fn fast_statistics_and_histograms_match_the_reference() {
+fn fast_statistics_match_the_reference() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(14);
     for n in [0, 1, 7, 255, 257, 3 * SCAN_CHUNK + 123] {
         for kind in 0..5 {
@@ -112,15 +114,6 @@ fn fast_statistics_and_histograms_match_the_reference() {
                 let tol = 1e-5 * want.std + 1e-12 * want.mean.abs();
                 assert!(close(got.mean, want.mean, tol), "{what}");
                 assert!(close(got.std, want.std, 1e-5 * want.std), "{what}");
-                #[cfg(feature = "render")]
-                for bins in [1, 10, 64] {
-                    let h = crate::render::Histogram::of(&data, &got, bins);
-                    assert_eq!(
-                        h.counts,
-                        reference_histogram(&as_read, &want, bins),
-                        "{what}"
-                    );
-                }
             }
         }
     }

@@ -296,4 +296,4 @@ mod tests {
 /// The new statistics and histograms against the implementation they replaced
 /// (kept here as the reference) on random data of every float dtype.
 #[cfg(test)]
-mod against_reference;
+pub(crate) mod against_reference;
