@@ -118,7 +118,10 @@ fn failures_come_back_on_the_next_call_naming_the_file() {
     // The runs folder becomes a file: every save fails.
     std::fs::remove_dir(&dir).unwrap();
     std::fs::write(&dir, b"not a folder").unwrap();
+    // Held until `save` has returned, so its failure cannot come back from `save` itself.
+    writer.shared.gate.set(true);
     let first = writer.save(run(1)).unwrap();
+    writer.shared.gate.set(false);
     wait_until("the save failed", || writer.pending() == 0);
     let second = run(2);
     let second_path = writer.path_of(&second);
