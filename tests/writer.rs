@@ -72,8 +72,16 @@ fn failures_name_the_file_on_one_line() -> R {
     let writer = RunWriter::new(&dir, 4)?;
     std::fs::remove_dir(&dir)?;
     std::fs::write(&dir, b"a file where the runs folder was")?;
-    let path = writer.save(run(0, 400)?)?;
-    let e = writer.flush().unwrap_err();
+    let first = run(0, 400)?;
+    let path = writer.path_of(&first);
+    // The writer thread may fail it before `save` returns: then `save` reports it.
+    let e = match writer.save(first) {
+        Ok(p) => {
+            assert_eq!(p, path);
+            writer.flush().unwrap_err()
+        }
+        Err(e) => e,
+    };
     assert!(
         matches!(&e, Error::NotSaved { path: p, .. } if *p == path),
         "{e:?}"
