@@ -10,7 +10,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 MAX_FILE, MAX_FN = 600, 80
 # Layers, bottom up (a module may import only its own layer or lower ones).
 LAYERS = {
-    "error": 0, "staging": 0, "values": 0,
+    "error": 0, "staging": 0, "values": 0, "remote": 0, "location": 0,
     "runfile": 1, "stats": 2,
     "record": 2, "nn": 2, "render": 2, "instrument": 2,
     "pages": 3, "gallery": 4, "diff": 4,

@@ -32,6 +32,7 @@ mod error;
 pub mod gallery;
 #[cfg(feature = "instrument")]
 pub mod instrument;
+pub mod location;
 #[cfg(feature = "models")]
 pub mod models;
 #[cfg(feature = "notebook")]
@@ -39,6 +40,8 @@ pub mod notebook;
 #[cfg(feature = "render")]
 pub mod pages;
 mod record;
+#[cfg(feature = "remote")]
+pub mod remote;
 #[cfg(feature = "render")]
 pub mod render;
 mod runfile;
@@ -64,7 +67,8 @@ pub use record::{
 #[cfg(feature = "render")]
 pub use render::{encode_png, render_layer, render_tensor, Colormap, RenderOptions, Scale};
 pub use runfile::{
-    shape_str, LayerInfo, Run, RunInfo, EXTENSION, FORMAT_VERSION, KEY_ORDER, KEY_RUN, KEY_VERSION,
+    shape_str, LayerInfo, LayerSummary, Run, RunInfo, EXTENSION, FORMAT_VERSION, HASH_ALGORITHM,
+    KEY_LAYERS, KEY_ORDER, KEY_RUN, KEY_VERSION,
 };
 pub use stats::{Activity, Stats};
 pub use values::LayerData;

@@ -260,7 +260,11 @@ fn exchange(a: &Path, b: &Path) -> std::io::Result<()> {
 
 /// The absolute form of `p` (as given when that fails): the one way candlelight
 /// names files in manifests, logs and pages.
+/// A URL (`s3://...`) is kept as it is.
 pub fn absolute(p: &Path) -> PathBuf {
+    if p.to_str().is_some_and(crate::location::is_url) {
+        return p.to_path_buf();
+    }
     std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
 }
 

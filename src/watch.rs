@@ -68,6 +68,10 @@
 
 pub mod decide;
 mod index;
+#[cfg(feature = "remote")]
+mod lease;
+#[cfg(feature = "remote")]
+pub mod shared;
 mod shell;
 pub mod source;
 pub mod worker;

@@ -112,6 +112,16 @@ pub fn run(args: DiffArgs) -> Result<i32> {
     } else {
         print!("{}", table(&d, &args.a, &args.b));
     }
+    // What the diff cost where a run is in an object store (stderr under --json).
+    for (side, run) in [("A", &a), ("B", &b)] {
+        if let Some(line) = super::transfer_line(run) {
+            if args.json {
+                eprintln!("{side} {line}");
+            } else {
+                println!("{side} {line}");
+            }
+        }
+    }
     Ok(if d.agrees() { 0 } else { 1 })
 }
 

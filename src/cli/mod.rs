@@ -193,7 +193,21 @@ fn show(path: &Path, layer: Option<&str>) -> Result<i32> {
         None => show_table(&run)?,
         Some(l) => show_layer(&run, &l)?,
     }
+    if let Some(line) = transfer_line(&run) {
+        println!("{line}");
+    }
     Ok(0)
+}
+
+/// `read from the store: 1 request, 12.3 KB (of 1.07 GB)` for a run opened by URL.
+pub fn transfer_line(run: &Run) -> Option<String> {
+    let (requests, bytes) = run.transfer()?;
+    Some(format!(
+        "read from the store: {requests} request{}, {} (of {})",
+        if requests == 1 { "" } else { "s" },
+        human_bytes(bytes),
+        human_bytes(run.file_size())
+    ))
 }
 
 /// "; did you mean "conv1"? (layers: ...)" for a wrong layer name: the closest

@@ -44,6 +44,11 @@ pub struct WatchArgs {
     /// Quiet time before acting on a file event, in milliseconds.
     #[arg(long, default_value_t = 100, value_name = "MS")]
     pub debounce_ms: u64,
+    /// With a URL on either side (several daemons sharing a prefix): how long a
+    /// daemon's claim on a run lasts; the runs of a daemon that died are taken over
+    /// after this long.
+    #[arg(long, default_value_t = 60.0, value_name = "SECS")]
+    pub lease_secs: f64,
 }
 
 /// Logs to stderr through `tracing`, filtered by `RUST_LOG` (default `info`).
@@ -105,11 +110,53 @@ pub(crate) fn on_signals(stop: impl FnOnce() + Send + 'static) -> Result<()> {
 /// Runs the daemon; the exit code is 0, or 1 when `--once` met a failure.
 pub fn watch(args: WatchArgs) -> Result<i32> {
     init_logging();
+    let is_url = |p: &std::path::Path| p.to_str().is_some_and(candlelight::location::is_url);
+    if is_url(&args.runs) || is_url(&args.out) {
+        return shared(&args);
+    }
     let daemon = Watch::new(options(&args)?);
     let stopper = daemon.stopper();
     on_signals(move || stopper.stop())?;
     let summary = daemon.run()?;
     Ok(if args.once && !summary.all_ok() { 1 } else { 0 })
+}
+
+/// The shared daemon: runs and/or galleries in an object store, polled; several
+/// daemons may share them (leases). Exit code as for the local daemon.
+fn shared(args: &WatchArgs) -> Result<i32> {
+    use candlelight::remote::Remote;
+    use candlelight::watch::shared::{watch_shared, SharedOptions};
+    anyhow::ensure!(
+        args.lease_secs.is_finite() && args.lease_secs > 0.0,
+        "--lease-secs must be a positive number of seconds"
+    );
+    anyhow::ensure!(
+        args.poll_interval_ms > 0,
+        "--poll-interval-ms must be at least 1"
+    );
+    let runs = Remote::at(&args.runs)?;
+    let out = Remote::at(&args.out)?;
+    let base = options(args)?;
+    let opts = SharedOptions {
+        poll: Duration::from_millis(args.poll_interval_ms),
+        lease: Duration::from_secs_f64(args.lease_secs),
+        jobs: base.jobs,
+        once: args.once,
+        gallery: base.gallery,
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&stop);
+    on_signals(move || flag.store(true, Ordering::SeqCst))?;
+    let report = watch_shared(&runs, &out, &opts, &stop)?;
+    tracing::info!(
+        "stopped: {} rendered ({} error pages), {} rendered first elsewhere, {} store errors",
+        report.rendered,
+        report.failed,
+        report.lost_races,
+        report.store_errors
+    );
+    let failed = report.failed > 0 || report.store_errors > 0;
+    Ok(if args.once && failed { 1 } else { 0 })
 }
 
 impl WatchArgs {

@@ -385,9 +385,39 @@ pub(crate) fn write(path: &Path, bytes: &[u8]) -> Result<()> {
 /// not a gallery of ours ([`check_replaceable`]). Does NOT rewrite `out/index.html`
 /// (call [`write_index`]).
 pub fn render_gallery(run_path: &Path, out: &Path, opts: &GalleryOptions) -> Result<Manifest> {
+    #[cfg(feature = "remote")]
+    if let Some(url) = run_path.to_str().filter(|s| crate::location::is_url(s)) {
+        if let Some(local) = crate::location::file_url_path(url) {
+            return render_gallery(Path::new(local), out, opts);
+        }
+        // Fetched whole (one streamed GET) into a staging folder of `out`, rendered
+        // from there; the manifest names the URL.
+        let remote = crate::remote::Remote::parse(url)?;
+        std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+        let fetched = Temp::dir(out, Kind::Stage)?;
+        let local = fetched.path().join(remote.file_name());
+        let size = remote.download(&local)?;
+        let facts = SourceFacts {
+            size,
+            mtime_ns: 0,
+            ino: 0,
+            ctime_ns: 0,
+        };
+        return render_from(&local, run_path, facts, out, opts);
+    }
+    render_from(run_path, run_path, source_facts(run_path)?, out, opts)
+}
+
+/// [`render_gallery`] of the run file at `local`, named `source` in the gallery.
+fn render_from(
+    local: &Path,
+    run_path: &Path,
+    facts: SourceFacts,
+    out: &Path,
+    opts: &GalleryOptions,
+) -> Result<Manifest> {
     let t0 = Instant::now();
-    let facts = source_facts(run_path)?;
-    let run = Run::open(run_path)?;
+    let run = Run::open(local)?;
     let name = gallery_name(run_path);
     let target = out.join(&name);
     check_replaceable(&target)?;

@@ -23,7 +23,10 @@ use serde::{Deserialize, Serialize};
 
 mod open;
 pub(crate) mod path_json;
+mod summary;
 mod write;
+
+pub use summary::{LayerSummary, HASH_ALGORITHM, KEY_LAYERS};
 
 use crate::values::{read_error, read_exact_at, read_vec, LayerData};
 use crate::{Error, Result};
@@ -133,6 +136,41 @@ enum Store {
         file: std::fs::File,
         ranges: Vec<(u64, u64)>,
     },
+    /// Opened from an object store: each layer read with a range request.
+    #[cfg(feature = "remote")]
+    Remote {
+        object: std::sync::Arc<RemoteRun>,
+        ranges: Vec<(u64, u64)>,
+    },
+}
+
+/// A run object in a store: where it is, the version read (a replaced object fails
+/// later reads instead of mixing two runs) and what was transferred.
+#[cfg(feature = "remote")]
+pub(crate) struct RemoteRun {
+    pub(crate) remote: crate::remote::Remote,
+    pub(crate) version: Option<String>,
+    pub(crate) transfer: crate::remote::Transfer,
+}
+
+#[cfg(feature = "remote")]
+impl RemoteRun {
+    /// Bytes `s..e` of the object, exactly.
+    pub(crate) fn read(&self, s: u64, e: u64) -> Result<Vec<u8>> {
+        if s == e {
+            return Ok(Vec::new());
+        }
+        let (bytes, size, _) = self
+            .remote
+            .read(s..e, self.version.as_deref(), &self.transfer)?;
+        if bytes.len() as u64 != e - s {
+            return Err(Error::bad(
+                self.remote.as_path(),
+                format!("truncated: {size} bytes, a read of bytes {s}..{e} came back short"),
+            ));
+        }
+        Ok(bytes)
+    }
 }
 
 /// One forward pass: layers in capture order plus the run facts.
@@ -146,6 +184,8 @@ pub struct Run {
     by_name: HashMap<String, usize>,
     store: Store,
     file_size: u64,
+    /// Per-layer summaries stored in the header (`candlelight.layers`), by index.
+    summaries: Vec<Option<LayerSummary>>,
 }
 
 impl std::fmt::Debug for Run {
@@ -182,6 +222,7 @@ impl Run {
             path: None,
             info,
             metadata,
+            summaries: vec![None; layers.len()],
             layers,
             by_name,
             store: Store::Memory(tensors),
@@ -231,6 +272,29 @@ impl Run {
     /// Sets a user metadata key, kept when the run is saved.
     pub fn set_metadata(&mut self, key: impl Into<String>, value: impl Into<String>) {
         self.metadata.insert(key.into(), value.into());
+    }
+
+    /// The summary (content hash and statistics) the header stores for layer
+    /// `name`, if the run was saved with one (`candlelight.layers`).
+    pub fn summary(&self, name: &str) -> Option<&LayerSummary> {
+        self.summary_at(*self.by_name.get(name)?)
+    }
+
+    /// The stored summary of layer number `index`.
+    pub fn summary_at(&self, index: usize) -> Option<&LayerSummary> {
+        self.summaries.get(index)?.as_ref()
+    }
+
+    /// For a run opened from an object store: the requests made and bytes
+    /// received so far (header and layers); `None` for other runs.
+    pub fn transfer(&self) -> Option<(u64, u64)> {
+        match &self.store {
+            #[cfg(feature = "remote")]
+            Store::Remote { object, .. } => {
+                Some((object.transfer.requests(), object.transfer.bytes()))
+            }
+            _ => None,
+        }
     }
 
     /// Layers in capture order.
@@ -287,6 +351,13 @@ impl Run {
                 LayerData::from_file(file, s, (e - s) as usize, info.dtype, path, &info.name)
             }
             Store::Memory(tensors) => LayerData::from_tensor(&tensors[index]),
+            #[cfg(feature = "remote")]
+            Store::Remote { object, ranges } => {
+                let (s, e) = ranges[index];
+                let bytes = object.read(s, e)?;
+                LayerData::from_bytes(std::borrow::Cow::Owned(bytes), info.dtype)
+                    .map_err(|m| Error::bad(self.where_(), format!("layer {:?}: {m}", info.name)))
+            }
         }
     }
 
@@ -308,7 +379,7 @@ impl Run {
         })?;
         match &self.store {
             Store::Memory(t) => Ok(t[index].clone()),
-            Store::File { .. } => {
+            _ => {
                 use candle_core::safetensors::Load;
                 // candle multiplies the dims from the last to the first for its
                 // strides: a zero-size shape such as [0, 2^63, 4] is valid
@@ -381,8 +452,14 @@ impl Run {
 
     /// The stored bytes of layer number `index` of a run opened from a file.
     fn layer_bytes(&self, index: usize) -> Result<Vec<u8>> {
-        let Store::File { file, ranges } = &self.store else {
-            return Err(Error::internal("layer bytes of a run in memory"));
+        let (file, ranges) = match &self.store {
+            Store::File { file, ranges } => (file, ranges),
+            #[cfg(feature = "remote")]
+            Store::Remote { object, ranges } => {
+                let (s, e) = ranges[index];
+                return object.read(s, e);
+            }
+            Store::Memory(_) => return Err(Error::internal("layer bytes of a run in memory")),
         };
         let (s, e) = ranges[index];
         let mut buf = vec![0u8; (e - s) as usize];

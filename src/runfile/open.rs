@@ -9,7 +9,8 @@ use safetensors::SafeTensorError;
 use serde::Deserialize;
 
 use super::{
-    index_names, LayerInfo, Run, RunInfo, Store, FORMAT_VERSION, KEY_ORDER, KEY_RUN, KEY_VERSION,
+    index_names, summary, LayerInfo, Run, RunInfo, Store, FORMAT_VERSION, KEY_LAYERS, KEY_ORDER,
+    KEY_RUN, KEY_VERSION,
 };
 use crate::staging::open_regular;
 use crate::values::{read_error, read_exact_at};
@@ -39,19 +40,77 @@ impl Run {
     /// data section must end exactly at the end of the file.
     pub fn open(path: impl AsRef<Path>) -> Result<Run> {
         let path = path.as_ref();
+        if let Some(url) = path.to_str().filter(|s| crate::location::is_url(s)) {
+            return Run::open_url(url);
+        }
         let file = open_regular(path)?;
         let size = file.metadata().map_err(|e| Error::io(path, e))?.len();
         Run::from_file(path, file, size)
     }
 
-    fn from_file(path: &Path, file: std::fs::File, size: u64) -> Result<Run> {
-        if size < 8 {
-            return Err(Error::bad(
-                path,
-                format!("truncated: {size} bytes, a safetensors file starts with an 8-byte header length"),
-            ));
+    /// Opens a run by URL: `file://` (a local file), or with the `remote`
+    /// feature `s3://`, `gs://`, `az://`, `https://`. A remote run's header is
+    /// read with one range request (two when it is larger than 64 KiB), each layer
+    /// with one more when it is asked for; [`Run::transfer`] counts them.
+    pub fn open_url(url: &str) -> Result<Run> {
+        if let Some(local) = crate::location::file_url_path(url) {
+            return Run::open(local);
         }
-        let (meta, data_start) = read_header(path, &file, size)?;
+        #[cfg(feature = "remote")]
+        {
+            Run::open_remote(crate::remote::Remote::parse(url)?)
+        }
+        #[cfg(not(feature = "remote"))]
+        Err(Error::option(format!(
+            "{url}: this build of candlelight reads no object stores (feature `remote`)"
+        )))
+    }
+
+    #[cfg(feature = "remote")]
+    fn open_remote(remote: crate::remote::Remote) -> Result<Run> {
+        let path = remote.as_path();
+        let transfer = crate::remote::Transfer::default();
+        let (head, size, version) = remote.read(0..HEAD_GUESS, None, &transfer)?;
+        check_size(&path, size)?;
+        let object = std::sync::Arc::new(super::RemoteRun {
+            remote,
+            version,
+            transfer,
+        });
+        let (meta, data_start) = read_header(&path, size, &mut |off, buf| {
+            let end = off as usize + buf.len();
+            if end <= head.len() {
+                buf.copy_from_slice(&head[off as usize..end]);
+            } else {
+                buf.copy_from_slice(&object.read(off, end as u64)?);
+            }
+            Ok(())
+        })?;
+        Run::assemble(&path, meta, data_start, size, |ranges| Store::Remote {
+            object,
+            ranges,
+        })
+    }
+
+    fn from_file(path: &Path, file: std::fs::File, size: u64) -> Result<Run> {
+        check_size(path, size)?;
+        let (meta, data_start) = read_header(path, size, &mut |off, buf| {
+            read_exact_at(&file, buf, off).map_err(|e| read_error(path, None, e))
+        })?;
+        Run::assemble(path, meta, data_start, size, |ranges| Store::File {
+            file,
+            ranges,
+        })
+    }
+
+    /// The run described by a checked header; `store` gets each layer's byte range.
+    fn assemble(
+        path: &Path,
+        meta: Metadata,
+        data_start: u64,
+        size: u64,
+        store: impl FnOnce(Vec<(u64, u64)>) -> Store,
+    ) -> Result<Run> {
         let user_meta = meta.metadata().clone().unwrap_or_default();
         if let Some(v) = user_meta.get(KEY_VERSION) {
             if v != FORMAT_VERSION {
@@ -66,14 +125,20 @@ impl Run {
                 .map_err(|e| Error::bad(path, format!("{KEY_RUN} is not a JSON object: {e}")))?,
             None => RunInfo::default(),
         };
+        let mut stored = match user_meta.get(KEY_LAYERS) {
+            Some(s) => summary::from_json(s).map_err(|m| Error::bad(path, m))?,
+            None => Default::default(),
+        };
         let order = capture_order(path, &meta, user_meta.get(KEY_ORDER))?;
         let tensors = meta.tensors();
         let mut layers = Vec::with_capacity(order.len());
         let mut ranges = Vec::with_capacity(order.len());
+        let mut summaries = Vec::with_capacity(order.len());
         for (index, name) in order.into_iter().enumerate() {
             let ti = tensors[&name];
             let (s, e) = ti.data_offsets;
             ranges.push((data_start + s as u64, data_start + e as u64));
+            summaries.push(stored.remove(&name));
             layers.push(LayerInfo {
                 index,
                 kind: info.kinds.get(&name).cloned(),
@@ -84,7 +149,7 @@ impl Run {
         }
         let metadata = user_meta
             .into_iter()
-            .filter(|(k, _)| k != KEY_VERSION && k != KEY_ORDER && k != KEY_RUN)
+            .filter(|(k, _)| ![KEY_VERSION, KEY_ORDER, KEY_RUN, KEY_LAYERS].contains(&k.as_str()))
             .collect();
         let by_name = index_names(&layers);
         Ok(Run {
@@ -93,10 +158,28 @@ impl Run {
             metadata,
             layers,
             by_name,
-            store: Store::File { file, ranges },
+            store: store(ranges),
             file_size: size,
+            summaries,
         })
     }
+}
+
+/// Bytes of a remote run asked for first: the header length and, usually, the
+/// whole header.
+#[cfg(feature = "remote")]
+const HEAD_GUESS: u64 = 64 << 10;
+
+fn check_size(path: &Path, size: u64) -> Result<()> {
+    if size < 8 {
+        return Err(Error::bad(
+            path,
+            format!(
+                "truncated: {size} bytes, a safetensors file starts with an 8-byte header length"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// The safetensors crate's limit on header size.
@@ -186,10 +269,15 @@ fn capture_order(path: &Path, meta: &Metadata, listed: Option<&String>) -> Resul
     Ok(listed.into_iter().chain(rest).collect())
 }
 
-/// Reads and checks the header: the metadata and where the data section starts.
-fn read_header(path: &Path, file: &std::fs::File, size: u64) -> Result<(Metadata, u64)> {
+/// Reads and checks the header (with `read(offset, buf)`, exactly): the metadata
+/// and where the data section starts.
+fn read_header(
+    path: &Path,
+    size: u64,
+    read: &mut dyn FnMut(u64, &mut [u8]) -> Result<()>,
+) -> Result<(Metadata, u64)> {
     let mut len = [0u8; 8];
-    read_exact_at(file, &mut len, 0).map_err(|e| read_error(path, None, e))?;
+    read(0, &mut len)?;
     let n = u64::from_le_bytes(len);
     if n > MAX_HEADER as u64 {
         return Err(Error::bad(
@@ -204,7 +292,7 @@ fn read_header(path: &Path, file: &std::fs::File, size: u64) -> Result<(Metadata
         ));
     }
     let mut header = vec![0u8; n as usize];
-    read_exact_at(file, &mut header, 8).map_err(|e| read_error(path, None, e))?;
+    read(8, &mut header)?;
     let meta =
         parse_header(&header).map_err(|e| Error::bad(path, describe_st_error(e, n, size)))?;
     let data_start = 8 + n;

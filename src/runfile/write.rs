@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Storage, Tensor};
 use safetensors::{Dtype, View};
 
-use super::{LayerInfo, Run, Store};
+use super::{summary, LayerInfo, LayerSummary, Run, Store, KEY_LAYERS};
 use crate::staging::RunTemp;
 use crate::{Error, Result};
 
@@ -20,6 +20,12 @@ impl Run {
     /// replaces an existing file. Tensors on a GPU are copied to the CPU first.
     pub fn save(&self, dir: impl AsRef<Path>) -> Result<PathBuf> {
         let dir = dir.as_ref();
+        if let Some(url) = dir.to_str().filter(|s| crate::location::is_url(s)) {
+            if let Some(local) = crate::location::file_url_path(url) {
+                return self.save(local);
+            }
+            return self.save_url(url);
+        }
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let target = dir.join(self.file_name());
         if target.exists() {
@@ -38,9 +44,37 @@ impl Run {
         Ok(target)
     }
 
+    /// [`Run::save`] into an object-store prefix (`s3://bucket/runs`): the run is
+    /// uploaded as `<prefix>/<run-id>.safetensors`, in one request or in parts,
+    /// and appears under that name only when complete; a failed upload is
+    /// aborted. Returns the object's URL as a path.
+    #[cfg(feature = "remote")]
+    fn save_url(&self, url: &str) -> Result<PathBuf> {
+        let target = crate::remote::Remote::parse(url)?.join(&self.file_name());
+        let path = target.as_path();
+        self.write_with(Sink::Remote(&target))
+            .map_err(|e| match e {
+                e @ Error::Io { .. } => e,
+                e => Error::bad(&path, format!("not saved: {e}")),
+            })?;
+        Ok(path)
+    }
+
+    #[cfg(not(feature = "remote"))]
+    fn save_url(&self, url: &str) -> Result<PathBuf> {
+        Err(Error::option(format!(
+            "{url}: this build of candlelight writes no object stores (feature `remote`)"
+        )))
+    }
+
     /// Writes the run to exactly `path` (not atomic; [`Run::save`] is), synced.
     pub fn write_to(&self, path: &Path) -> Result<()> {
-        let header = self.header_metadata();
+        self.write_with(Sink::File(path))
+    }
+
+    /// The run's header (with its per-layer summaries) and data, to `sink`.
+    fn write_with(&self, sink: Sink<'_>) -> Result<()> {
+        let mut header = self.header_metadata();
         match &self.store {
             Store::Memory(tensors) => {
                 let cpu: Vec<Tensor> = tensors
@@ -59,13 +93,18 @@ impl Run {
                 for ((t, (storage, layout)), l) in cpu.iter().zip(&guards).zip(&self.layers) {
                     views.push((l.name.as_str(), RawView::of(t, storage, layout)?));
                 }
-                write_safetensors(path, views, header)
+                let computed: Vec<LayerSummary> = views
+                    .iter()
+                    .map(|(_, v)| LayerSummary::of(&v.data(), v.dtype()))
+                    .collect();
+                header.insert(KEY_LAYERS.into(), self.summaries_json(&computed));
+                sink.write(views, header, None)
             }
-            Store::File { .. } => {
+            _ => {
                 // Each layer is read when the writer gets to it: one big layer, or small ones
                 // up to ~1 MiB (one vectored write), in memory at a time.
                 let failed = std::cell::OnceCell::new();
-                let views = self
+                let views: Vec<_> = self
                     .layers
                     .iter()
                     .map(|l| {
@@ -77,11 +116,80 @@ impl Run {
                         (l.name.as_str(), view)
                     })
                     .collect();
-                let res = write_safetensors(path, views, header);
+                // Summaries the header already has are kept; the others computed.
+                let computed: Vec<LayerSummary> = views
+                    .iter()
+                    .zip(&self.summaries)
+                    .map(|((_, v), known)| match known {
+                        Some(s) => s.clone(),
+                        None => LayerSummary::of(&v.data(), v.dtype()),
+                    })
+                    .collect();
+                if let Some(e) = failed.get() {
+                    return Err(Error::bad(self.where_(), crate::one_line(e)));
+                }
+                header.insert(KEY_LAYERS.into(), self.summaries_json(&computed));
+                let res = sink.write(views, header, Some(&failed));
                 match failed.into_inner() {
                     Some(e) => Err(e),
                     None => res,
                 }
+            }
+        }
+    }
+
+    fn summaries_json(&self, computed: &[LayerSummary]) -> String {
+        let by_name = self
+            .layers
+            .iter()
+            .map(|l| l.name.as_str())
+            .zip(computed)
+            .collect();
+        summary::to_json(&by_name)
+    }
+}
+
+/// Where a run's bytes go.
+enum Sink<'a> {
+    /// A local file, written and synced.
+    File(&'a Path),
+    /// An object that must not exist yet, uploaded.
+    #[cfg(feature = "remote")]
+    Remote(&'a crate::remote::Remote),
+}
+
+impl Sink<'_> {
+    /// Writes `views`; `failed` is where a view that could not read its data left
+    /// the error (an upload stops there, before the object is complete).
+    fn write<V: View>(
+        self,
+        views: Vec<(&str, V)>,
+        header: HashMap<String, String>,
+        failed: Option<&std::cell::OnceCell<Error>>,
+    ) -> Result<()> {
+        match self {
+            Sink::File(path) => {
+                let _ = failed;
+                write_safetensors(path, views, header)
+            }
+            #[cfg(feature = "remote")]
+            Sink::Remote(remote) => {
+                let bad = |e: safetensors::SafeTensorError| {
+                    Error::bad(remote.as_path(), format!("cannot write run file: {e}"))
+                };
+                let (head, views) = prepare(views, header).map_err(bad)?;
+                let total =
+                    8 + head.len() as u64 + views.iter().map(|v| v.data_len() as u64).sum::<u64>();
+                let len = (head.len() as u64).to_le_bytes().to_vec();
+                let pieces = [Cow::Owned(len), Cow::Owned(head)]
+                    .into_iter()
+                    .chain(views.iter().map(|v| v.data()))
+                    .map(|piece| match failed.and_then(|f| f.get()) {
+                        // The caller reports the error kept in `failed`.
+                        Some(_) => Err(Error::internal("a layer could not be read")),
+                        None => Ok(piece),
+                    });
+                remote.upload(total, pieces)
             }
         }
     }

@@ -11,7 +11,7 @@ use half::{bf16, f16};
 use rand::{Rng, SeedableRng};
 use safetensors::Dtype;
 
-use super::{Acc, Stats};
+use crate::values::stats::{Acc, Stats};
 use crate::values::{LayerData, SCAN_CHUNK};
 
 /// What `Stats::of` was before the fused kernel: chunks of 2^14 values, two f64

@@ -26,6 +26,9 @@ use safetensors::Dtype;
 use crate::{Error, Result};
 
 mod bulk;
+pub(crate) mod stats;
+
+pub use stats::Stats;
 
 pub(crate) use bulk::read_vec;
 #[cfg(test)]

@@ -20,7 +20,7 @@ const MAX_CANCEL: f64 = 16.0;
 
 impl Acc {
     /// Statistics of one chunk (with AVX2 where the CPU has it).
-    pub(super) fn of(values: &[f32]) -> Acc {
+    pub(crate) fn of(values: &[f32]) -> Acc {
         #[cfg(target_arch = "x86_64")]
         if std::is_x86_feature_detected!("avx2") {
             // SAFETY: the CPU supports AVX2 (checked just above).
@@ -117,7 +117,7 @@ impl Acc {
 
     /// Statistics of one chunk in f64, two passes (the reference the kernel is
     /// tested against, and its fallback).
-    pub(super) fn of_exact(values: &[f32]) -> Acc {
+    pub(crate) fn of_exact(values: &[f32]) -> Acc {
         let mut a = Acc::EMPTY;
         let mut sum = 0f64;
         let (mut min, mut max) = (f32::INFINITY, f32::NEG_INFINITY);
