@@ -24,12 +24,14 @@
 //!
 //! Several threads may record at once; each records its own run.
 
+mod malloc;
 pub mod nn;
 mod patch;
 mod scope;
 pub mod with_tracing;
 mod writer;
 
+pub use malloc::tune_malloc_for_recording;
 pub use scope::Scope;
 pub use writer::RunWriter;
 
