@@ -36,7 +36,7 @@ use candlelight::nn::{seq, Seq};
 use candlelight::{DiffOptions, GalleryOptions, Recorder, Run};
 
 const LAYERS: usize = 4;
-const OPS: [&str; 6] = ["plain", "record", "save", "render", "stats", "diff"];
+const OPS: [&str; 7] = ["plain", "record", "save", "read", "render", "stats", "diff"];
 
 fn model() -> Seq {
     seq()
@@ -99,6 +99,27 @@ fn repeat(reps: usize, mut op: impl FnMut() -> Result<()>) -> Result<Duration> {
     Ok(times[reps / 2])
 }
 
+/// The control for `stats` and `diff`: the whole file read from the page cache
+/// as they read it (chunks of 256 KiB, `pread` in parallel into per-thread
+/// buffers), nothing computed: what the memory allows.
+fn read_all(path: &Path) -> Result<()> {
+    use rayon::prelude::*;
+    use std::os::unix::fs::FileExt;
+    const CHUNK: u64 = 256 << 10;
+    let f = std::fs::File::open(path)?;
+    let len = f.metadata()?.len();
+    (0..len.div_ceil(CHUNK)).into_par_iter().try_for_each_init(
+        || vec![0u8; CHUNK as usize],
+        |buf, i| {
+            let n = (len - i * CHUNK).min(CHUNK) as usize;
+            f.read_exact_at(&mut buf[..n], i * CHUNK)?;
+            std::hint::black_box(&buf);
+            Ok::<_, std::io::Error>(())
+        },
+    )?;
+    Ok(())
+}
+
 /// The child: runs `op` on `mib` MiB layers in `dir`, prints one `RESULT` line.
 fn child(op: &str, mib: usize, dir: &Path, reps: usize) -> Result<()> {
     let m = model();
@@ -109,7 +130,7 @@ fn child(op: &str, mib: usize, dir: &Path, reps: usize) -> Result<()> {
         _ => None,
     };
     let (a, b) = match op {
-        "stats" | "render" => (Some(Run::open(run_path("a"))?), None),
+        "stats" | "render" | "read" => (Some(Run::open(run_path("a"))?), None),
         "diff" => (
             Some(Run::open(run_path("a"))?),
             Some(Run::open(run_path("b"))?),
@@ -136,10 +157,6 @@ fn child(op: &str, mib: usize, dir: &Path, reps: usize) -> Result<()> {
                 std::fs::remove_file(p)?;
                 Ok(())
             })?;
-            run.save(dir)?;
-            // The second run for the diff: the input 1 ulp-ish off.
-            let xb = (x.unwrap() * 1.000_001)?;
-            recorder("b").record(|| m.forward(&xb))?.1.save(dir)?;
             t
         }
         "render" => {
@@ -150,6 +167,10 @@ fn child(op: &str, mib: usize, dir: &Path, reps: usize) -> Result<()> {
                 candlelight::render_gallery(&run_path("a"), &out, &opts)?;
                 Ok(())
             })?
+        }
+        "read" => {
+            let path = a.as_ref().unwrap().path().unwrap().to_path_buf();
+            repeat(reps, || read_all(&path))?
         }
         "stats" => {
             let a = a.as_ref().unwrap();
@@ -175,6 +196,14 @@ fn child(op: &str, mib: usize, dir: &Path, reps: usize) -> Result<()> {
         _ => bail!("unknown operation {op}"),
     };
     let peak = if reset { status_kb("VmHWM:") } else { 0 };
+    if let (Some(run), Some(x)) = (recorded, x) {
+        // The files the next children read: run `a`, and run `b` on an input a
+        // few ulps off (for the diff).
+        run.save(dir)?;
+        drop(run);
+        let xb = (x * 1.000_001)?;
+        recorder("b").record(|| m.forward(&xb))?.1.save(dir)?;
+    }
     println!(
         "RESULT {op} {mib} {} {peak} {before} {}",
         took.as_secs_f64(),
@@ -266,7 +295,7 @@ fn main() -> Result<()> {
     let mut table: Vec<(usize, Vec<Row>)> = vec![];
     for &mib in &sizes {
         let dir = tempfile::tempdir()?;
-        // Fewer repeats for big layers: 8 at 1 MiB, 2 from 64 MiB.
+        // Fewer repeats for big layers: 8 at 1 MiB, 3 from 64 MiB.
         let reps = if bench_mode {
             (128 / mib).clamp(2, 8)
         } else {
@@ -307,20 +336,52 @@ fn print_size(mib: usize, rows: &[Row]) {
     }
 }
 
-/// Time per MB at the largest size over time per MB at the smallest.
+/// Time per MB at each size over time per MB at the smallest (≤ 1 at the
+/// largest: linear or better).
 fn linearity(table: &[(usize, Vec<Row>)]) {
-    let (Some((lo, small)), Some((hi, big))) = (table.first(), table.last()) else {
+    let Some((lo, small)) = table.first() else {
         return;
     };
-    if lo == hi {
-        return;
-    }
+    let sizes: Vec<String> = table.iter().map(|(m, _)| format!("{m}")).collect();
+    println!(
+        "time per MB relative to {lo} MiB layers, at {} MiB:",
+        sizes.join(" / ")
+    );
     for (i, op) in OPS.iter().enumerate() {
         let per = |mib: usize, r: &Row| r.secs / op_bytes(op, mib);
-        let ratio = per(*hi, &big[i]) / per(*lo, &small[i]);
+        let rel: Vec<f64> = table
+            .iter()
+            .map(|(m, rows)| per(*m, &rows[i]) / per(*lo, &small[i]))
+            .collect();
+        // Against the control that moves the same bytes at that size (the
+        // caches hold the small runs, not the big ones): `plain` for `record`,
+        // `read` for `stats` and `diff` (twice the bytes: one read per run).
+        let control = match *op {
+            "record" => Some(0),
+            "stats" | "diff" => Some(3),
+            _ => None,
+        };
+        let norm: Vec<f64> = match control {
+            Some(c) => table
+                .iter()
+                .zip(&rel)
+                .map(|((m, rows), r)| {
+                    let per_mb = |mib: usize, row: &Row| row.secs / op_bytes(OPS[c], mib);
+                    r / (per_mb(*m, &rows[c]) / per_mb(*lo, &small[c]))
+                })
+                .collect(),
+            None => rel.clone(),
+        };
+        let last = norm.last().copied().unwrap_or(1.0);
+        let shown = |v: &[f64]| v.iter().map(|r| format!("{r:.2}")).collect::<Vec<_>>();
+        let against = match control {
+            Some(c) => format!("; over {}: {}", OPS[c], shown(&norm).join(" / ")),
+            None => String::new(),
+        };
         println!(
-            "linearity {op:<7}: time per MB at {hi} MiB / at {lo} MiB = {ratio:.2} ({})",
-            if ratio <= 1.2 {
+            "   {op:<7} {}{against}  ({})",
+            shown(&rel).join(" / "),
+            if last <= 1.2 {
                 "linear or better"
             } else {
                 "worse than linear"
