@@ -23,6 +23,10 @@
 //! ```
 //!
 //! Several threads may record at once; each records its own run.
+//!
+//! Loops of recorded passes with big layers: see [`tune_malloc_for_recording`]
+//! (an opt-in glibc malloc tuning, so that each pass reuses the memory the
+//! previous pass's run freed).
 
 mod malloc;
 pub mod nn;
