@@ -7,11 +7,13 @@
 //! - a 20-layer MLP (`Linear` 1024 → 1024, batch 256): 1 MiB per layer, 21 MB per
 //!   pass.
 //!
-//! Each round times one plain pass (`Seq::forward`, no recorder) and one recorded
-//! pass (`Recorder::record`, the run dropped inside the timing, as the plain
-//! output is) of each model, the sides alternating which goes first; with minor
-//! page faults per pass (`getrusage`, every thread). Prints medians, minimums and
-//! the median of the per-round ratios.
+//! Each round times, for each model, one plain pass (`Seq::forward`, no recorder),
+//! one pass that keeps every layer's output in a `Vec` (no recorder: the cost of
+//! keeping the outputs alive, apart from the recorder's own) and one recorded pass
+//! (`Recorder::record`); what a pass returns or keeps is dropped inside its
+//! timing. Each round starts one side later; minor page faults per pass from
+//! `getrusage` (every thread). Prints medians, minimums and the median of the
+//! per-round ratios.
 //!
 //! The same rounds then run again in a child process (this binary re-executed with
 //! `--tuned`) that first calls [`candlelight::tune_malloc_for_recording`]: malloc's
@@ -19,8 +21,9 @@
 //! allocator never share a process; in each, both sides run under the same
 //! allocator.
 //!
-//! `cargo bench --bench capture` (~1 min; `-- --rounds N`, `--tuned` for the tuned
-//! child alone, `--default` for the default allocator alone).
+//! `cargo bench --bench capture` (~1.5 min; `-- --rounds N`, `--tuned` for the tuned
+//! child alone, `--default` for the default allocator alone, `--only cnn|mlp` for
+//! one model in a fresh process: the allocator's history changes the default side).
 
 use std::collections::HashMap;
 use std::hint::black_box;

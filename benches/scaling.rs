@@ -14,6 +14,8 @@
 //!   timing; for comparison the same pass with no recorder (`plain`);
 //! - `save`: `Run::save` of that recorded run (the file stays for the next steps,
 //!   `a` and a second run `b` on a slightly different input);
+//! - `read`: the file of run `a` read as `stats` and `diff` read it (`pread` of
+//!   256 KiB chunks in parallel), nothing computed: the memory's control;
 //! - `render`: `render_gallery` of run `a` (default options: 4 samples per layer);
 //! - `stats`: `Run::open` + `Run::stats_at` of every layer;
 //! - `diff`: `candlelight::diff` of runs `a` and `b` (default tolerances).
@@ -21,9 +23,10 @@
 //! Files live in a temporary folder under `TMPDIR` (two runs of one size at a
 //! time, 2.1 GB at 256 MiB), removed after each size. Prints a table with time,
 //! MB/s and peak RSS per operation and size, and the linearity check: time per MB
-//! at the largest size / time per MB at 1 MiB (≤ 1: linear or better).
+//! at each size / time per MB at the smallest (≤ 1: linear or better), also over
+//! the control that moves the same bytes (small runs sit in the CPU caches).
 //!
-//! `cargo bench --bench scaling` (~2 min; `-- --sizes 1,4,16`). Without `--bench`
+//! `cargo bench --bench scaling` (~30 s; `-- --sizes 1,4,16`). Without `--bench`
 //! (`cargo test --benches`) it runs 1 MiB layers once.
 
 use std::path::{Path, PathBuf};
