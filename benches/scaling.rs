@@ -147,20 +147,20 @@ fn child(op: &str, mib: usize, dir: &Path, reps: usize) -> Result<()> {
     let before = status_kb("VmRSS:");
     let reset = std::fs::write("/proc/self/clear_refs", "5").is_ok();
     let took = match op {
-        "plain" => repeat(reps, || Ok(drop(m.forward(x.as_ref().unwrap())?)))?,
+        "plain" => repeat(reps, || {
+            drop(m.forward(x.as_ref().unwrap())?);
+            Ok(())
+        })?,
         "record" => repeat(reps, || {
-            Ok(drop(
-                recorder("r").record(|| m.forward(x.as_ref().unwrap()))?,
-            ))
+            drop(recorder("r").record(|| m.forward(x.as_ref().unwrap()))?);
+            Ok(())
         })?,
         "save" => {
             let run = recorded.as_ref().unwrap();
-            let t = repeat(reps, || {
-                let p = run.save(dir)?;
-                std::fs::remove_file(p)?;
+            repeat(reps, || {
+                std::fs::remove_file(run.save(dir)?)?;
                 Ok(())
-            })?;
-            t
+            })?
         }
         "render" => {
             let out = dir.join("galleries");
