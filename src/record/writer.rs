@@ -275,8 +275,29 @@ fn log(e: &Error) {
     }
 }
 
+/// How much lower than the caller's a writer thread's CPU priority is (a nice
+/// value on Linux): the forward pass goes first when both want a core, and the
+/// writer catches up while the forward idles or waits on the full queue.
+const WRITER_NICE: i32 = 10;
+
+/// Lowers the calling thread's CPU priority by [`WRITER_NICE`] (Linux: per-thread
+/// nice values); best effort, elsewhere nothing.
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: getpriority/setpriority only read and set this thread's nice value.
+    unsafe {
+        let tid = libc::gettid() as libc::id_t;
+        *libc::__errno_location() = 0;
+        let nice = libc::getpriority(libc::PRIO_PROCESS, tid);
+        if *libc::__errno_location() == 0 {
+            libc::setpriority(libc::PRIO_PROCESS, tid, (nice + WRITER_NICE).min(19));
+        }
+    }
+}
+
 /// A writer thread: takes runs until the queue is closed and empty.
 fn work(rx: &Mutex<Receiver<Job>>, shared: &Shared, dir: &Path) {
+    lower_priority();
     loop {
         let job = {
             let rx = rx.lock().unwrap_or_else(PoisonError::into_inner);
