@@ -48,6 +48,10 @@ const _: fn() = || {
 /// - **Errors** of the writer thread come back, each once and oldest first, from
 ///   the next [`RunWriter::save`], [`RunWriter::check`], [`RunWriter::flush`] or
 ///   [`RunWriter::finish`], as [`Error::NotSaved`] naming the run file.
+/// - **Priority**: on Linux the writer threads run at a nice value 10 above the
+///   caller's, so when the model and the writer both want a core the model goes
+///   first; the writer catches up while the model idles, or while it waits on a
+///   full queue (so it is never starved for longer than the queue lasts).
 /// - **Drop** waits for every queued run to be written; an error then is logged
 ///   (with `tracing` when a global subscriber is set, else on stderr) as one line,
 ///   since drop cannot return it. Call [`RunWriter::finish`] to get it instead.
