@@ -282,6 +282,7 @@ fn log(e: &Error) {
 /// How much lower than the caller's a writer thread's CPU priority is (a nice
 /// value on Linux): the forward pass goes first when both want a core, and the
 /// writer catches up while the forward idles or waits on the full queue.
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
 const WRITER_NICE: i32 = 10;
 
 /// Lowers the calling thread's CPU priority by [`WRITER_NICE`] (Linux: per-thread
