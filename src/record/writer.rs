@@ -48,10 +48,6 @@ const _: fn() = || {
 /// - **Errors** of the writer thread come back, each once and oldest first, from
 ///   the next [`RunWriter::save`], [`RunWriter::check`], [`RunWriter::flush`] or
 ///   [`RunWriter::finish`], as [`Error::NotSaved`] naming the run file.
-/// - **Priority**: on Linux the writer threads run at a nice value 10 above the
-///   caller's, so when the model and the writer both want a core the model goes
-///   first; the writer catches up while the model idles, or while it waits on a
-///   full queue (so it is never starved for longer than the queue lasts).
 /// - **Drop** waits for every queued run to be written; an error then is logged
 ///   (with `tracing` when a global subscriber is set, else on stderr) as one line,
 ///   since drop cannot return it. Call [`RunWriter::finish`] to get it instead.
@@ -279,30 +275,8 @@ fn log(e: &Error) {
     }
 }
 
-/// How much lower than the caller's a writer thread's CPU priority is (a nice
-/// value on Linux): the forward pass goes first when both want a core, and the
-/// writer catches up while the forward idles or waits on the full queue.
-#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
-const WRITER_NICE: i32 = 10;
-
-/// Lowers the calling thread's CPU priority by [`WRITER_NICE`] (Linux: per-thread
-/// nice values); best effort, elsewhere nothing.
-fn lower_priority() {
-    #[cfg(target_os = "linux")]
-    // SAFETY: getpriority/setpriority only read and set this thread's nice value.
-    unsafe {
-        let tid = libc::gettid() as libc::id_t;
-        *libc::__errno_location() = 0;
-        let nice = libc::getpriority(libc::PRIO_PROCESS, tid);
-        if *libc::__errno_location() == 0 {
-            libc::setpriority(libc::PRIO_PROCESS, tid, (nice + WRITER_NICE).min(19));
-        }
-    }
-}
-
 /// A writer thread: takes runs until the queue is closed and empty.
 fn work(rx: &Mutex<Receiver<Job>>, shared: &Shared, dir: &Path) {
-    lower_priority();
     loop {
         let job = {
             let rx = rx.lock().unwrap_or_else(PoisonError::into_inner);
