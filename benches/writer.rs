@@ -19,7 +19,8 @@
 //! average before and after.
 //!
 //! `cargo bench --bench writer` (~2 min; `-- --rounds N --passes N --capacity N
-//! --threads N`); writes ~5 GB per round under `TMPDIR`, removed as it goes.
+//! --threads N`, `--tune-malloc` to call `candlelight::tune_malloc_for_recording`
+//! first); writes ~5 GB per round under `TMPDIR`, removed as it goes.
 
 use std::hint::black_box;
 use std::path::Path;
@@ -41,6 +42,8 @@ struct Opts {
     passes: usize,
     capacity: usize,
     threads: usize,
+    /// `--tune-malloc`: `candlelight::tune_malloc_for_recording` first (every side).
+    tune_malloc: bool,
 }
 
 fn opts(bench_mode: bool) -> Result<Opts> {
@@ -61,6 +64,7 @@ fn opts(bench_mode: bool) -> Result<Opts> {
         passes: get("--passes", passes)?,
         capacity: get("--capacity", 4)?,
         threads: get("--threads", 1)?,
+        tune_malloc: args.iter().any(|a| a == "--tune-malloc"),
     })
 }
 
@@ -140,6 +144,12 @@ fn side(k: usize, o: &Opts, model: &Seq, x: &Tensor, run: &Run, dir: &Path, t: &
 fn main() -> Result<()> {
     let bench_mode = std::env::args().any(|a| a == "--bench");
     let o = opts(bench_mode)?;
+    if o.tune_malloc {
+        ensure!(
+            candlelight::tune_malloc_for_recording(256 << 20),
+            "tune_malloc_for_recording is not available here"
+        );
+    }
     let device = Device::Cpu;
     let (_varmap, model) = seed_cnn_seeded(42, &device)?;
     let x = seeded_uniform(&[BATCH, 1, 28, 28], 7, &device)?;
@@ -176,12 +186,17 @@ fn report(o: &Opts, t: &Times, file_bytes: f64, load: [String; 2]) {
     let (sync, alone) = (f(&t.sync), f(&t.save_alone));
     println!();
     println!(
-        "== writer: seed CNN, input [{BATCH}, 1, 28, 28] f32, CPU, {} threads; loops of {} passes, {} rounds; RunWriter capacity {}, {} writer thread(s)",
+        "== writer: seed CNN, input [{BATCH}, 1, 28, 28] f32, CPU, {} threads; loops of {} passes, {} rounds; RunWriter capacity {}, {} writer thread(s); malloc {}",
         std::thread::available_parallelism().map_or(1, |n| n.get()),
         o.passes,
         o.rounds,
         o.capacity,
-        o.threads
+        o.threads,
+        if o.tune_malloc {
+            "tuned (tune_malloc_for_recording(256 MiB))"
+        } else {
+            "glibc defaults"
+        }
     );
     println!(
         "   run file {:.1} MB; {} per loop {:.0} MB",

@@ -62,7 +62,8 @@ pub use gallery::{render_gallery, write_index, GalleryOptions, Manifest};
 #[cfg(feature = "notebook")]
 pub use notebook::show;
 pub use record::{
-    is_recording, nn, record_as, record_out, tap, tap_as, with_tracing, Recorder, RunWriter, Scope,
+    is_recording, nn, record_as, record_out, tap, tap_as, tune_malloc_for_recording, with_tracing,
+    Recorder, RunWriter, Scope,
 };
 #[cfg(feature = "render")]
 pub use render::{encode_png, render_layer, render_tensor, Colormap, RenderOptions, Scale};

@@ -23,13 +23,19 @@
 //! ```
 //!
 //! Several threads may record at once; each records its own run.
+//!
+//! Loops of recorded passes with big layers: see [`tune_malloc_for_recording`]
+//! (an opt-in glibc malloc tuning, so that each pass reuses the memory the
+//! previous pass's run freed).
 
+mod malloc;
 pub mod nn;
 mod patch;
 mod scope;
 pub mod with_tracing;
 mod writer;
 
+pub use malloc::tune_malloc_for_recording;
 pub use scope::Scope;
 pub use writer::RunWriter;
 
