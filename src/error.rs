@@ -147,6 +147,24 @@ impl Error {
         Error::CannotRender { msg: msg.into() }
     }
 
+    /// This error with `from` (a local copy) named `to` (what the user gave, e.g.
+    /// a URL) wherever it names a file.
+    pub(crate) fn renamed(mut self, from: &std::path::Path, to: &std::path::Path) -> Self {
+        match &mut self {
+            Error::Io { path, .. }
+            | Error::BadRunFile { path, .. }
+            | Error::NoSuchLayer { path, .. }
+            | Error::BadInput { path, .. }
+            | Error::Watch { path, .. } => {
+                if path == from {
+                    *path = to.to_path_buf();
+                }
+            }
+            _ => {}
+        }
+        self
+    }
+
     /// An [`Error::Internal`].
     pub(crate) fn internal(msg: impl Into<String>) -> Self {
         Error::Internal { msg: msg.into() }

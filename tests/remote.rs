@@ -56,7 +56,8 @@ fn a_run_saved_by_url_opens_lazily_with_header_stats_and_hashes() {
     let remote = Run::open(&u).unwrap();
     let (req, bytes) = remote.transfer().unwrap();
     assert!(req <= 2, "{req} requests for the header");
-    assert!(bytes <= 64 << 10, "{bytes} bytes for the header");
+    // The length, then 64 KiB of read-ahead holding the whole header.
+    assert!(bytes <= 8 + (64 << 10), "{bytes} bytes for the header");
     assert_eq!(remote.len(), 4);
     // Stats of every layer come from the header: no further request.
     for l in remote.layers() {
@@ -258,4 +259,51 @@ fn a_server_stopped_mid_upload_leaves_no_partial_run() {
     );
     let keys = s3.keys("upl", "");
     assert_eq!(keys.len(), 1, "{keys:?}");
+}
+
+#[test]
+fn wrong_credentials_are_one_line_exit_2_and_never_printed() {
+    if s3::shared().is_none() {
+        return;
+    }
+    // A server that checks credentials (moto's IAM mode from the first request).
+    let strict = s3::Moto::start(&[("INITIAL_NO_AUTH_ACTION_COUNT", "0")]).unwrap();
+    let secret = "wr0ng-s3cret-never-printed";
+    let dir = tempfile::tempdir().unwrap();
+    let env: Vec<(&str, String)> = strict
+        .env()
+        .into_iter()
+        .map(|(k, v)| match k {
+            "AWS_ACCESS_KEY_ID" => (k, "AKIAWRONGWRONGWRONG".to_string()),
+            "AWS_SECRET_ACCESS_KEY" => (k, secret.to_string()),
+            "CANDLELIGHT_RETRY_TIMEOUT" => (k, "1".to_string()),
+            _ => (k, v),
+        })
+        .collect();
+    let run_cl = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_candlelight"))
+            .args(args)
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .env("RUST_LOG", "info")
+            .current_dir(dir.path())
+            .output()
+            .unwrap()
+    };
+    let u = "s3://locked/runs/r.safetensors";
+    for args in [vec!["show", u], vec!["diff", u, u]] {
+        let out = run_cl(&args);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{args:?}: {err}");
+        assert!(err.contains(u), "{args:?}: {err}");
+        assert!(err.contains("InvalidAccessKeyId"), "{args:?}: {err}");
+        assert!(!err.contains(secret), "{args:?} printed the secret: {err}");
+    }
+    // The daemon goes on: a round that cannot list is a warning, retried.
+    let out = run_cl(&["watch", "s3://locked/runs", "--out", "g", "--once"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("retrying next round"), "{err}");
+    assert!(err.contains("1 store errors"), "{err}");
+    assert!(!err.contains(secret), "watch printed the secret: {err}");
 }

@@ -396,16 +396,30 @@ pub fn render_gallery(run_path: &Path, out: &Path, opts: &GalleryOptions) -> Res
         std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
         let fetched = Temp::dir(out, Kind::Stage)?;
         let local = fetched.path().join(remote.file_name());
-        let size = remote.download(&local)?;
-        let facts = SourceFacts {
-            size,
-            mtime_ns: 0,
-            ino: 0,
-            ctime_ns: 0,
-        };
-        return render_from(&local, run_path, facts, out, opts);
+        remote.download(&local)?;
+        return render_downloaded(&local, url, out, opts);
     }
     render_from(run_path, run_path, source_facts(run_path)?, out, opts)
+}
+
+/// [`render_gallery`] of a run fetched from `source` (a URL) into the local file
+/// `local`: the gallery and its manifest name `source`, and so do errors.
+pub fn render_downloaded(
+    local: &Path,
+    source: &str,
+    out: &Path,
+    opts: &GalleryOptions,
+) -> Result<Manifest> {
+    let facts = SourceFacts {
+        size: std::fs::metadata(local)
+            .map_err(|e| Error::io(local, e))?
+            .len(),
+        mtime_ns: 0,
+        ino: 0,
+        ctime_ns: 0,
+    };
+    let source = Path::new(source);
+    render_from(local, source, facts, out, opts).map_err(|e| e.renamed(local, source))
 }
 
 /// [`render_gallery`] of the run file at `local`, named `source` in the gallery.

@@ -363,9 +363,13 @@ pub use crate::location::is_url;
 /// `url` without a `user:password@` part.
 pub fn redact(url: &str) -> String {
     match url::Url::parse(url) {
-        Ok(mut u) if !u.username().is_empty() || u.password().is_some() => {
+        Ok(mut u) if !u.username().is_empty() || u.password().is_some() || u.query().is_some() => {
+            // User info and query strings (SAS tokens, signatures) never printed.
             let _ = u.set_username("");
             let _ = u.set_password(None);
+            if u.query().is_some() {
+                u.set_query(Some("redacted"));
+            }
             u.to_string()
         }
         _ => url.to_string(),
@@ -493,6 +497,11 @@ mod tests {
         assert_eq!(
             redact("https://user:secret@example.com/a"),
             "https://example.com/a"
+        );
+        let r = redact("https://acct.blob.core.windows.net/c/r.safetensors?sv=1&sig=SeCrEt");
+        assert!(
+            !r.contains("SeCrEt") && r.ends_with("r.safetensors?redacted"),
+            "{r}"
         );
     }
 

@@ -70,7 +70,7 @@ impl Run {
     fn open_remote(remote: crate::remote::Remote) -> Result<Run> {
         let path = remote.as_path();
         let transfer = crate::remote::Transfer::default();
-        let (head, size, version) = remote.read(0..HEAD_GUESS, None, &transfer)?;
+        let (head, size, version) = remote.read(0..head_guess(), None, &transfer)?;
         check_size(&path, size)?;
         let object = std::sync::Arc::new(super::RemoteRun {
             remote,
@@ -78,11 +78,12 @@ impl Run {
             transfer,
         });
         let (meta, data_start) = read_header(&path, size, &mut |off, buf| {
-            let end = off as usize + buf.len();
-            if end <= head.len() {
-                buf.copy_from_slice(&head[off as usize..end]);
-            } else {
-                buf.copy_from_slice(&object.read(off, end as u64)?);
+            // What the first request brought is not asked for again.
+            let (start, end) = (off as usize, off as usize + buf.len());
+            let have = head.len().clamp(start, end);
+            buf[..have - start].copy_from_slice(&head[start..have]);
+            if have < end {
+                buf[have - start..].copy_from_slice(&object.read(have as u64, end as u64)?);
             }
             Ok(())
         })?;
@@ -165,10 +166,18 @@ impl Run {
     }
 }
 
-/// Bytes of a remote run asked for first: the header length and, usually, the
-/// whole header.
+/// Bytes of a remote run asked for first: the 8-byte header length and
+/// `CANDLELIGHT_HEADER_READAHEAD` bytes more (default 64 KiB), which usually hold
+/// the whole header: one request. With 0, the header is read exactly, in two
+/// requests (8 bytes, then the header).
 #[cfg(feature = "remote")]
-const HEAD_GUESS: u64 = 64 << 10;
+fn head_guess() -> u64 {
+    let readahead = std::env::var("CANDLELIGHT_HEADER_READAHEAD")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .unwrap_or(64 << 10);
+    8 + readahead.min(100 << 20)
+}
 
 fn check_size(path: &Path, size: u64) -> Result<()> {
     if size < 8 {

@@ -121,6 +121,11 @@ pub fn mark_done(out: &Remote, key: &str, claim: &Claim) -> Result<bool> {
         .create(serde_json::to_vec(claim).expect("a claim serializes"))
 }
 
+/// Whether `key` is marked done.
+pub fn is_done(out: &Remote, key: &str) -> Result<bool> {
+    out.join(&format!("{STATE_DIR}/done/{key}")).exists()
+}
+
 /// Removes the lease generations `0..=up_to` of `key` (after done or on failure).
 pub fn release(out: &Remote, key: &str, up_to: u32) {
     for g in 0..=up_to {

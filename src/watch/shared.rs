@@ -4,16 +4,18 @@
 //! (docs/LEASES.md; the leases and done markers are in `lease`).
 //!
 //! One round: list the runs (names, sizes, ETags), read the shared state (one
-//! listing), take the lease of each run version not done and not held by a live
-//! lease, render those (fetched whole into a local work folder, rendered there,
-//! uploaded file by file with the run page and manifest last), mark them done,
-//! release the leases, and rewrite the index when the set of done runs changed.
+//! listing), and go through the run versions not done in a random order, `jobs`
+//! at a time: take the lease (skip it when another daemon holds a live one),
+//! render (fetched whole into a local work folder, rendered there, uploaded file
+//! by file with the run page and manifest last), mark done, release. Then rewrite
+//! the index when the set of done runs changed.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use rand::seq::SliceRandom;
 use rayon::prelude::*;
 
 use super::lease::{self, Claim};
@@ -91,7 +93,7 @@ pub fn watch_shared(
     let mut indexed: Option<HashSet<String>> = None;
     loop {
         let t0 = Instant::now();
-        match round(runs, out, opts, &claim, work.path(), &pool) {
+        match round(runs, out, opts, &claim, work.path(), &pool, stop) {
             Ok(r) => {
                 report.rendered += r.rendered;
                 report.failed += r.failed;
@@ -142,10 +144,18 @@ fn round(
     claim: &Claim,
     work: &Path,
     pool: &rayon::ThreadPool,
+    stop: &AtomicBool,
 ) -> Result<SharedReport> {
     let listed = runs.list()?;
     let state = lease::read_state(out)?;
-    let mut jobs = Vec::new();
+    // Leases of versions already done are left by a daemon that died between
+    // marking done and releasing: nobody renders those again, so they go.
+    for (key, &generation) in &state.leases {
+        if state.done.contains(key) {
+            lease::release(out, key, generation);
+        }
+    }
+    let mut candidates = Vec::new();
     for o in listed {
         let name = o.name.as_str();
         if name.contains('/') || name.starts_with('.') || !name.ends_with(".safetensors") {
@@ -156,26 +166,60 @@ fn round(
         if state.done.contains(&key) {
             continue;
         }
-        let mine = Claim {
-            run: o.url.clone(),
-            ..claim.clone()
-        };
         let highest = state.leases.get(&key).copied();
-        if let Some((generation, previous)) = lease::take(out, &key, highest, &mine, opts.lease)? {
-            if let Some(p) = previous {
-                tracing::info!("{}: taking over from {p} (its lease expired)", o.url);
-            }
-            jobs.push(Job {
-                url: o.url,
-                gallery,
-                key,
-                generation,
-            });
-        }
+        candidates.push((o.url, gallery, key, highest));
     }
+    // Each daemon goes through the pending runs in its own order, and takes a
+    // lease only when a render thread is free for it: leases are held for one
+    // render, not for a whole round's backlog.
+    candidates.shuffle(&mut rand::rng());
     let results: Vec<Outcome> = pool.install(|| {
-        jobs.par_iter()
-            .map(|j| render_one(j, out, opts, claim, work))
+        candidates
+            .into_par_iter()
+            .with_max_len(1)
+            .map(|(url, gallery, key, highest)| {
+                if stop.load(Ordering::SeqCst) {
+                    return Outcome::Skipped;
+                }
+                let mine = Claim {
+                    run: url.clone(),
+                    ..claim.clone()
+                };
+                let generation = match lease::take(out, &key, highest, &mine, opts.lease) {
+                    Ok(Some((generation, previous))) => {
+                        if let Some(p) = previous {
+                            tracing::info!("{url}: taking over from {p} (its lease expired)");
+                        }
+                        generation
+                    }
+                    Ok(None) => return Outcome::Skipped,
+                    Err(e) => {
+                        tracing::warn!("{url}: {} (retrying next round)", crate::one_line(&e));
+                        return Outcome::StoreError;
+                    }
+                };
+                // Done by another daemon since the listing (it released its lease
+                // before this one was created)?
+                match lease::is_done(out, &key) {
+                    Ok(false) => {}
+                    Ok(true) => {
+                        lease::release(out, &key, generation);
+                        return Outcome::Skipped;
+                    }
+                    Err(e) => {
+                        lease::release(out, &key, generation);
+                        tracing::warn!("{url}: {} (retrying next round)", crate::one_line(&e));
+                        return Outcome::StoreError;
+                    }
+                }
+                let job = Job {
+                    url,
+                    gallery,
+                    key,
+                    generation,
+                };
+                render_one(&job, out, opts, claim, work)
+            })
             .collect()
     });
     let mut r = SharedReport::default();
@@ -187,13 +231,18 @@ fn round(
             }
             Outcome::LostRace => r.lost_races += 1,
             Outcome::StoreError => r.store_errors += 1,
+            Outcome::Skipped => {}
         }
     }
     Ok(r)
 }
 
 enum Outcome {
-    Rendered { failed: bool },
+    Rendered {
+        failed: bool,
+    },
+    /// Held by another daemon, or done meanwhile.
+    Skipped,
     LostRace,
     StoreError,
 }
@@ -227,21 +276,33 @@ fn render_and_upload(
     claim: &Claim,
 ) -> Result<Outcome> {
     let run_path = PathBuf::from(&job.url);
+    // Fetched whole into the job's folder (outside the gallery folder).
     let t0 = Instant::now();
-    let (manifest, error) = match gallery::render_gallery(&run_path, dir, &opts.gallery) {
-        Ok(m) => (m, None),
-        // The machine's or the store's trouble: try again later.
-        Err(e @ Error::Io { .. }) => return Err(e),
-        Err(e) => {
-            let msg = crate::one_line(&e);
-            (
-                gallery::write_error_gallery(&run_path, dir, &msg)?,
-                Some(msg),
-            )
-        }
-    };
+    let fetched = dir.join("fetched");
+    std::fs::create_dir_all(&fetched).map_err(|e| Error::io(&fetched, e))?;
+    let local = fetched.join(Remote::parse(&job.url)?.file_name());
+    Remote::parse(&job.url)?.download(&local)?;
+    let fetch_ms = t0.elapsed().as_millis();
+    let t1 = Instant::now();
+    let galleries = dir.join("out");
+    let (manifest, error) =
+        match gallery::render_downloaded(&local, &job.url, &galleries, &opts.gallery) {
+            Ok(m) => (m, None),
+            // The machine's trouble: try again later.
+            Err(e @ Error::Io { .. }) => return Err(e),
+            Err(e) => {
+                let msg = crate::one_line(&e);
+                (
+                    gallery::write_error_gallery(&run_path, &galleries, &msg)?,
+                    Some(msg),
+                )
+            }
+        };
+    let render_ms = t1.elapsed().as_millis();
+    let t2 = Instant::now();
     let target = out.join(&job.gallery);
-    upload_dir(&dir.join(&manifest.run_id), &target)?;
+    let files = upload_dir(&galleries.join(&job.gallery), &target)?;
+    let upload_ms = t2.elapsed().as_millis();
     let done = Claim {
         run: job.url.clone(),
         ..claim.clone()
@@ -250,13 +311,13 @@ fn render_and_upload(
         tracing::info!("{}: already rendered by another daemon", job.url);
         return Ok(Outcome::LostRace);
     }
+    let ms = t0.elapsed().as_millis();
     match &error {
         None => tracing::info!(
-            "rendered {} -> {}/index.html ({} layers, {} ms)",
+            "rendered {} -> {}/index.html ({} layers, {ms} ms: fetch {fetch_ms}, render {render_ms}, upload {upload_ms} ({files} files))",
             job.url,
             target.url(),
             manifest.layers,
-            t0.elapsed().as_millis()
         ),
         Some(msg) => tracing::error!(
             "rendered {} -> {}/index.html (error page: {msg})",
@@ -271,7 +332,7 @@ fn render_and_upload(
 
 /// Uploads the files of `local` (recursively) under `to`: the run page and the
 /// manifest last, so a page never links to a picture not there yet.
-fn upload_dir(local: &Path, to: &Remote) -> Result<()> {
+fn upload_dir(local: &Path, to: &Remote) -> Result<usize> {
     let mut files = Vec::new();
     collect_files(local, "", &mut files)?;
     let last = |n: &str| match n {
@@ -280,12 +341,12 @@ fn upload_dir(local: &Path, to: &Remote) -> Result<()> {
         _ => 0,
     };
     files.sort_by_key(|n| (last(n), n.clone()));
-    for name in files {
-        let path = local.join(&name);
+    for name in &files {
+        let path = local.join(name);
         let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
-        to.join(&name).put(bytes)?;
+        to.join(name).put(bytes)?;
     }
-    Ok(())
+    Ok(files.len())
 }
 
 fn collect_files(dir: &Path, prefix: &str, out: &mut Vec<String>) -> Result<()> {
@@ -311,18 +372,23 @@ fn collect_files(dir: &Path, prefix: &str, out: &mut Vec<String>) -> Result<()> 
 /// local mirror, the index written there and its files uploaded.
 fn refresh_index(out: &Remote, mirror: &Path, indexed: &mut Option<HashSet<String>>) -> Result<()> {
     let state = lease::read_state(out)?;
-    let galleries: HashSet<String> = state
-        .done
-        .iter()
-        .map(|k| lease::gallery_of(k).to_string())
-        .collect();
-    if indexed.as_ref() == Some(&galleries) {
+    if indexed.as_ref() == Some(&state.done) {
         return Ok(());
+    }
+    // A gallery is fetched again when one of its done versions is new to this
+    // daemon: a run rewritten under the same name has a new manifest.
+    let mut galleries: HashSet<&str> = HashSet::new();
+    let mut stale: HashSet<&str> = HashSet::new();
+    for key in &state.done {
+        let g = lease::gallery_of(key);
+        galleries.insert(g);
+        if indexed.as_ref().is_none_or(|s| !s.contains(key)) {
+            stale.insert(g);
+        }
     }
     for g in &galleries {
         let dir = mirror.join(g);
-        let stale = indexed.as_ref().is_none_or(|s| !s.contains(g)) || !dir.exists();
-        if !stale {
+        if !stale.contains(g) && dir.exists() {
             continue;
         }
         std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
@@ -349,6 +415,6 @@ fn refresh_index(out: &Remote, mirror: &Path, indexed: &mut Option<HashSet<Strin
         galleries.len(),
         out.url()
     );
-    *indexed = Some(galleries);
+    *indexed = Some(state.done);
     Ok(())
 }

@@ -100,8 +100,10 @@ impl Moto {
     fn wait_ready(&self) -> Result<(), String> {
         let t0 = Instant::now();
         while t0.elapsed() < Duration::from_secs(30) {
-            if ureq::get(&self.endpoint()).call().is_ok() {
-                return Ok(());
+            // Any answer will do (a server that checks credentials says 403).
+            match ureq::get(&self.endpoint()).call() {
+                Ok(_) | Err(ureq::Error::StatusCode(_)) => return Ok(()),
+                Err(_) => {}
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -136,12 +138,19 @@ impl Moto {
             if let Some(t) = &token {
                 url.push_str(&format!("&continuation-token={}", urlencode(t)));
             }
-            let body = ureq::get(&url)
-                .call()
-                .unwrap()
-                .into_body()
-                .read_to_string()
-                .unwrap();
+            // moto answers 500 now and then when a listing meets concurrent
+            // writes: retried, as clients do.
+            let mut tries = 0;
+            let body = loop {
+                match ureq::get(&url).call() {
+                    Ok(r) => break r.into_body().read_to_string().unwrap(),
+                    Err(ureq::Error::StatusCode(500..=599)) if tries < 10 => {
+                        tries += 1;
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                    Err(e) => panic!("list {bucket}/{prefix}: {e}"),
+                }
+            };
             for part in body.split("<Key>").skip(1) {
                 keys.push(part.split("</Key>").next().unwrap().to_string());
             }
