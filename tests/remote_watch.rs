@@ -65,6 +65,18 @@ fn daemon(s3: &s3::Moto, bucket: &str, log: &Path) -> Child {
         .expect("start candlelight watch")
 }
 
+/// The daemons, killed when the test ends (also when it fails).
+struct Daemons(Vec<Child>);
+
+impl Drop for Daemons {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
 /// `rendered <url> -> ...` lines of a daemon's log.
 fn rendered(log: &str) -> Vec<String> {
     log.lines()
@@ -127,7 +139,8 @@ fn three_daemons_share_500_runs_each_rendered_once_after_one_is_killed() {
     let logs: Vec<_> = (0..3)
         .map(|i| tmp.path().join(format!("daemon{i}.log")))
         .collect();
-    let mut daemons: Vec<Child> = logs.iter().map(|l| daemon(s3, bucket, l)).collect();
+    let mut guard = Daemons(logs.iter().map(|l| daemon(s3, bucket, l)).collect());
+    let daemons = &mut guard.0;
 
     // 4 writers, 125 runs each, saved by URL while the daemons run.
     let saved: Vec<String> = std::thread::scope(|sc| {
@@ -155,6 +168,8 @@ fn three_daemons_share_500_runs_each_rendered_once_after_one_is_killed() {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+        // (Not right after a log line: mid-render, holding leases.)
+        std::thread::sleep(Duration::from_millis(40));
         daemons[0].kill().unwrap();
         daemons[0].wait().unwrap();
         writers
@@ -189,15 +204,20 @@ fn three_daemons_share_500_runs_each_rendered_once_after_one_is_killed() {
                 break listed;
             }
         }
-        if t0.elapsed() > Duration::from_secs(600) {
+        if t0.elapsed() > Duration::from_secs(300) {
             let all: String = logs
                 .iter()
                 .map(|l| std::fs::read_to_string(l).unwrap_or_default())
                 .collect();
             panic!(
-                "after 600 s: {done} of {RUNS} done, {} listed in the index\n{}",
+                "after 300 s: {done} of {RUNS} done, {} listed in the index\n{}",
                 listed.len(),
-                all.lines().rev().take(60).collect::<Vec<_>>().join("\n")
+                all.lines()
+                    .filter(|l| !l.contains("rendered "))
+                    .rev()
+                    .take(60)
+                    .collect::<Vec<_>>()
+                    .join("\n")
             );
         }
         std::thread::sleep(Duration::from_millis(500));
@@ -206,13 +226,61 @@ fn three_daemons_share_500_runs_each_rendered_once_after_one_is_killed() {
         sigterm(d);
     }
 
-    // Exactly one counted render per run, across the three daemons.
+    // Exactly one counted render per run, across the three daemons: one done
+    // marker per run (its body names the daemon), and one `rendered` line per
+    // marker, except that the daemon killed -9 may have died between creating a
+    // marker and logging it (at most one per render thread).
+    let marker_keys = s3.keys(bucket, "galleries/.candlelight/done/");
+    assert_eq!(marker_keys.len(), RUNS, "one done marker per run");
+    let names: Vec<String> = marker_keys
+        .iter()
+        .map(|k| k.rsplit('/').next().unwrap().to_string())
+        .collect();
+    let bodies = Remote::parse(&format!("s3://{bucket}/galleries/.candlelight/done"))
+        .unwrap()
+        .get_many(&names, 16)
+        .unwrap();
+    let pids: Vec<u32> = daemons.iter().map(|d| d.id()).collect();
+    let mut marked: Vec<BTreeSet<String>> = vec![BTreeSet::new(); 3];
+    for b in bodies {
+        let v: serde_json::Value = serde_json::from_slice(&b.unwrap()).unwrap();
+        let owner = v["owner"].as_str().unwrap();
+        let pid: u32 = owner.split(':').nth(1).unwrap().parse().unwrap();
+        let d = pids
+            .iter()
+            .position(|&p| p == pid)
+            .expect("a marker of one of the daemons");
+        marked[d].insert(v["run"].as_str().unwrap().to_string());
+    }
+    let marked_runs: BTreeSet<String> = marked.iter().flatten().cloned().collect();
+    assert_eq!(
+        marked_runs, saved,
+        "the runs marked done are the saved runs"
+    );
     let mut per_run: HashMap<String, usize> = HashMap::new();
     let mut per_daemon = Vec::new();
-    for l in &logs {
+    for (i, l) in logs.iter().enumerate() {
         let log = std::fs::read_to_string(l).unwrap();
         let r = rendered(&log);
         per_daemon.push(r.len());
+        let lines: BTreeSet<String> = r.iter().cloned().collect();
+        if i == 0 {
+            assert!(
+                lines.is_subset(&marked[0]),
+                "daemon 0 logged a render it did not mark"
+            );
+            assert!(
+                marked[0].len() - lines.len() <= 2,
+                "daemon 0: {} marked, {} logged",
+                marked[0].len(),
+                lines.len()
+            );
+        } else {
+            assert_eq!(
+                lines, marked[i],
+                "daemon {i}: a rendered line per done marker"
+            );
+        }
         for u in r {
             *per_run.entry(u).or_default() += 1;
         }
@@ -227,16 +295,12 @@ fn three_daemons_share_500_runs_each_rendered_once_after_one_is_killed() {
         })
         .sum();
     eprintln!(
-        "renders per daemon {per_daemon:?} (daemon 0 killed -9), {takeovers} lease(s) taken over, {:.1} s",
+        "renders per daemon {per_daemon:?} (daemon 0 killed -9; done markers {:?}), {takeovers} lease(s) taken over, {:.1} s",
+        marked.iter().map(|m| m.len()).collect::<Vec<_>>(),
         t0.elapsed().as_secs_f64()
     );
     let twice: Vec<_> = per_run.iter().filter(|(_, &n)| n > 1).collect();
     assert!(twice.is_empty(), "rendered more than once: {twice:?}");
-    let rendered_runs: BTreeSet<String> = per_run.keys().cloned().collect();
-    assert_eq!(
-        rendered_runs, saved,
-        "renders per daemon {per_daemon:?}: the rendered runs are the saved runs"
-    );
     assert!(
         per_daemon[1] > 0 && per_daemon[2] > 0,
         "both surviving daemons took work: {per_daemon:?}"
@@ -290,6 +354,8 @@ fn bad_runs_in_a_prefix_get_error_pages_and_the_daemon_goes_on() {
         ("notarun.safetensors", b"hello world, not a run".to_vec()),
         ("cut.safetensors", bytes[..bytes.len() - 50].to_vec()),
         ("empty.safetensors", Vec::new()),
+        // A good run whose name makes a `~` gallery name (kept encoded by the store).
+        ("odd name ~1.safetensors", bytes.clone()),
     ] {
         Remote::parse(&format!("s3://{bucket}/runs/{key}"))
             .unwrap()
@@ -312,7 +378,14 @@ fn bad_runs_in_a_prefix_get_error_pages_and_the_daemon_goes_on() {
     let err = String::from_utf8_lossy(&out.stderr).to_string();
     assert_eq!(out.status.code(), Some(1), "{err}");
     let good_name = good.file_stem().unwrap().to_str().unwrap().to_string();
-    assert_eq!(rendered(&err).len(), 4, "{err}");
+    assert_eq!(rendered(&err).len(), 5, "{err}");
+    let odd: Vec<_> = std::fs::read_dir(&out_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("odd-name--1~"))
+        .collect();
+    assert_eq!(odd.len(), 1, "{odd:?}");
+    assert!(out_dir.join(&odd[0]).join("manifest.json").is_file());
     for (name, want) in [
         ("notarun", "header length"),
         ("cut", "data section does not match"),

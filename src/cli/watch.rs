@@ -149,11 +149,12 @@ fn shared(args: &WatchArgs) -> Result<i32> {
     on_signals(move || flag.store(true, Ordering::SeqCst))?;
     let report = watch_shared(&runs, &out, &opts, &stop)?;
     tracing::info!(
-        "stopped: {} rendered ({} error pages), {} rendered first elsewhere, {} store errors",
+        "stopped: {} rendered ({} error pages), {} rendered first elsewhere, {} store errors, {} store requests",
         report.rendered,
         report.failed,
         report.lost_races,
-        report.store_errors
+        report.store_errors,
+        report.requests
     );
     let failed = report.failed > 0 || report.store_errors > 0;
     Ok(if args.once && failed { 1 } else { 0 })

@@ -170,15 +170,16 @@ impl Remote {
 
     /// `name` under this prefix (`name` may hold `/`).
     pub fn join(&self, name: &str) -> Remote {
-        let mut key = self.key.as_ref().trim_end_matches('/').to_string();
-        for part in name.split('/').filter(|p| !p.is_empty()) {
-            if !key.is_empty() {
-                key.push('/');
-            }
-            key.push_str(part);
-        }
+        // Segments are kept as they are (as `Path::parse` keeps a URL's key), not
+        // percent-encoded: a gallery named `a~1` is the key `a~1`, which pages
+        // link to and static hosting serves. Only control characters (never in
+        // names candlelight makes) are encoded.
+        let parts = name.split('/').filter(|p| !p.is_empty()).map(|p| {
+            object_store::path::PathPart::parse(p)
+                .unwrap_or_else(|_| object_store::path::PathPart::from(p))
+        });
         Remote {
-            key: Key::from(key),
+            key: self.key.parts().chain(parts).collect(),
             ..self.clone()
         }
     }
@@ -216,6 +217,7 @@ impl Remote {
             if_match: version.map(str::to_string),
             ..Default::default()
         };
+        count(1);
         block_on(async {
             let got = self
                 .store
@@ -232,6 +234,7 @@ impl Remote {
     /// The whole object, or `None` when there is none.
     pub fn get(&self) -> Result<Option<Vec<u8>>> {
         block_on(async {
+            count(1);
             match self.store.get(&self.key).await {
                 Ok(got) => Ok(Some(
                     got.bytes()
@@ -248,6 +251,7 @@ impl Remote {
     /// True when the object exists.
     pub fn exists(&self) -> Result<bool> {
         block_on(async {
+            count(1);
             match self.store.head(&self.key).await {
                 Ok(_) => Ok(true),
                 Err(object_store::Error::NotFound { .. }) => Ok(false),
@@ -259,12 +263,72 @@ impl Remote {
     /// Writes `bytes` as the object (one request: visible whole or not at all).
     pub fn put(&self, bytes: Vec<u8>) -> Result<()> {
         self.writable()?;
+        count(1);
         block_on(async {
             self.store
                 .put(&self.key, PutPayload::from(bytes))
                 .await
                 .map_err(|e| self.fail("write", e))?;
             Ok(())
+        })
+    }
+
+    /// Writes each `(name, bytes)` as the object `name` under this prefix,
+    /// `in_flight` requests at a time; the first error is returned (the others
+    /// finish or fail on their own: each object is whole or absent).
+    pub fn put_many(&self, files: Vec<(String, Vec<u8>)>, in_flight: usize) -> Result<()> {
+        use futures::StreamExt;
+        self.writable()?;
+        let puts = files.into_iter().map(|(name, bytes)| {
+            let to = self.join(&name);
+            async move {
+                count(1);
+                to.store
+                    .put(&to.key, PutPayload::from(bytes))
+                    .await
+                    .map_err(|e| to.fail("write", e))
+                    .map(|_| ())
+            }
+        });
+        block_on(async {
+            let mut results = futures::stream::iter(puts).buffer_unordered(in_flight.max(1));
+            while let Some(r) = results.next().await {
+                r?;
+            }
+            Ok(())
+        })
+    }
+
+    /// The objects `name` under this prefix ([`Remote::get`] of each), `in_flight`
+    /// requests at a time, in the order of `names`.
+    pub fn get_many(&self, names: &[String], in_flight: usize) -> Result<Vec<Option<Vec<u8>>>> {
+        use futures::{FutureExt, StreamExt};
+        let gets: Vec<_> = names
+            .iter()
+            .map(|name| self.join(name))
+            .map(|from| {
+                async move {
+                    count(1);
+                    match from.store.get(&from.key).await {
+                        Ok(got) => got
+                            .bytes()
+                            .await
+                            .map(|b| Some(b.to_vec()))
+                            .map_err(|e| from.fail("read", e)),
+                        Err(object_store::Error::NotFound { .. }) => Ok(None),
+                        Err(e) => Err(from.fail("read", e)),
+                    }
+                }
+                .boxed()
+            })
+            .collect();
+        block_on(async {
+            futures::stream::iter(gets)
+                .buffered(in_flight.max(1))
+                .collect::<Vec<_>>()
+                .await
+                .into_iter()
+                .collect()
         })
     }
 
@@ -276,6 +340,7 @@ impl Remote {
             mode: PutMode::Create,
             ..Default::default()
         };
+        count(1);
         block_on(async {
             match self
                 .store
@@ -293,6 +358,7 @@ impl Remote {
     pub fn delete(&self) -> Result<()> {
         self.writable()?;
         block_on(async {
+            count(1);
             match self.store.delete(&self.key).await {
                 Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
                 Err(e) => Err(self.fail("delete", e)),
@@ -311,6 +377,7 @@ impl Remote {
                 .await
                 .map_err(|e| self.fail("list", e))
         })?;
+        count(1 + metas.len() as u64 / 1000);
         let mut out: Vec<Listed> = metas
             .into_iter()
             .map(|m| {
@@ -340,6 +407,7 @@ impl Remote {
         use futures::StreamExt;
         use std::io::Write;
         let mut file = std::fs::File::create(to).map_err(|e| Error::io(to, e))?;
+        count(1);
         block_on(async {
             let got = self
                 .store
@@ -356,6 +424,20 @@ impl Remote {
             Ok(n)
         })
     }
+}
+
+/// Requests this process has sent to object stores (every store, all kinds; a
+/// listing counts one per 1000 objects, a multipart upload one per part plus
+/// two), for the cost lines of `watch` and the benchmarks.
+pub fn requests_made() -> u64 {
+    REQUESTS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+static REQUESTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Counts `n` requests in [`requests_made`].
+pub(crate) fn count(n: u64) {
+    REQUESTS.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
 }
 
 pub use crate::location::is_url;
@@ -522,5 +604,30 @@ mod tests {
         assert_eq!(j.file_name(), "b.safetensors");
         let root = Remote::parse("s3://bucket").unwrap();
         assert_eq!(root.join("x").url(), "s3://bucket/x");
+        // Names are keys as they are (object_store would encode `~` and `%`).
+        let odd = r.join("lease/~index.0").join("a%b");
+        assert_eq!(odd.key(), "runs/lease/~index.0/a%b");
+        assert_eq!(odd.file_name(), "a%b");
+        assert_eq!(
+            Remote::parse("s3://bucket/runs/a%7E1.safetensors")
+                .unwrap()
+                .key(),
+            "runs/a~1.safetensors"
+        );
+    }
+
+    #[test]
+    fn listed_names_are_the_names_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = Remote::local(dir.path()).unwrap();
+        for name in ["x~y.safetensors", "sub/a#b", "plain"] {
+            r.join(name).put(b"1".to_vec()).unwrap();
+        }
+        let names: Vec<String> = r.list().unwrap().into_iter().map(|l| l.name).collect();
+        assert_eq!(names, ["plain", "sub/a#b", "x~y.safetensors"]);
+        assert_eq!(
+            r.join("x~y.safetensors").get().unwrap(),
+            Some(b"1".to_vec())
+        );
     }
 }

@@ -59,6 +59,7 @@ impl Remote {
             mode: PutMode::Create,
             ..Default::default()
         };
+        super::count(1);
         block_on(async {
             match self
                 .store
@@ -102,6 +103,7 @@ async fn multipart(
     mut rx: tokio::sync::mpsc::Receiver<Bytes>,
     total: u64,
 ) -> object_store::Result<()> {
+    super::count(1);
     let upload = store.put_multipart(&key).await?;
     let mut w = WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
     let mut got = 0u64;
@@ -111,6 +113,7 @@ async fn multipart(
             return Err(e);
         }
         got += b.len() as u64;
+        super::count(1);
         w.put(b);
     }
     if got != total {
@@ -120,5 +123,6 @@ async fn multipart(
             source: format!("upload stopped after {got} of {total} bytes").into(),
         });
     }
+    super::count(1);
     w.finish().await.map(|_| ())
 }

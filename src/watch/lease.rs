@@ -121,6 +121,37 @@ pub fn mark_done(out: &Remote, key: &str, claim: &Claim) -> Result<bool> {
         .create(serde_json::to_vec(claim).expect("a claim serializes"))
 }
 
+/// Renews a lease this daemon holds at `generation` by creating the next one
+/// (and removing the old): `Some(next)`, or `None` when another daemon created it
+/// first (this daemon's lease had expired and was taken over).
+pub fn renew(
+    out: &Remote,
+    key: &str,
+    generation: u32,
+    claim: &Claim,
+    ttl: Duration,
+) -> Result<Option<u32>> {
+    let body = Claim {
+        expires_ms: now_ms() + ttl.as_millis() as u64,
+        ..claim.clone()
+    };
+    let next = generation + 1;
+    if !lease_object(out, key, next)
+        .create(serde_json::to_vec(&body).expect("a claim serializes"))?
+    {
+        return Ok(None);
+    }
+    drop_generation(out, key, generation);
+    Ok(Some(next))
+}
+
+/// Removes one lease generation of `key` (a warning if that fails).
+pub fn drop_generation(out: &Remote, key: &str, generation: u32) {
+    if let Err(e) = lease_object(out, key, generation).delete() {
+        tracing::warn!("{}", crate::one_line(&e));
+    }
+}
+
 /// Whether `key` is marked done.
 pub fn is_done(out: &Remote, key: &str) -> Result<bool> {
     out.join(&format!("{STATE_DIR}/done/{key}")).exists()
@@ -129,9 +160,7 @@ pub fn is_done(out: &Remote, key: &str) -> Result<bool> {
 /// Removes the lease generations `0..=up_to` of `key` (after done or on failure).
 pub fn release(out: &Remote, key: &str, up_to: u32) {
     for g in 0..=up_to {
-        if let Err(e) = lease_object(out, key, g).delete() {
-            tracing::warn!("{}", crate::one_line(&e));
-        }
+        drop_generation(out, key, g);
     }
 }
 

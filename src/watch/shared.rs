@@ -10,7 +10,7 @@
 //! by file with the run page and manifest last), mark done, release. Then rewrite
 //! the index when the set of done runs changed.
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -41,6 +41,8 @@ pub struct SharedOptions {
 /// What one daemon did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct SharedReport {
+    /// Requests sent to the stores (all kinds, this process).
+    pub requests: u64,
     /// Run versions this daemon rendered and marked done.
     pub rendered: usize,
     /// Of those, runs that are not valid runs (an error gallery was written).
@@ -50,6 +52,12 @@ pub struct SharedReport {
     /// Store errors (retried in a later round).
     pub store_errors: usize,
 }
+
+/// Renders per render thread in one round, at most.
+const ROUND_RENDERS_PER_JOB: usize = 8;
+
+/// Gallery files uploaded at once per render.
+const UPLOADS_IN_FLIGHT: usize = 8;
 
 /// One run version to render.
 struct Job {
@@ -90,11 +98,13 @@ pub fn watch_shared(
         opts.lease
     );
     let mut report = SharedReport::default();
-    let mut indexed: Option<HashSet<String>> = None;
+    let mut indexed = Indexed::default();
     loop {
         let t0 = Instant::now();
+        let mut backlog = false;
         match round(runs, out, opts, &claim, work.path(), &pool, stop) {
-            Ok(r) => {
+            Ok((r, more)) => {
+                backlog = more;
                 report.rendered += r.rendered;
                 report.failed += r.failed;
                 report.lost_races += r.lost_races;
@@ -105,18 +115,30 @@ pub fn watch_shared(
                 tracing::warn!("{} (retrying next round)", crate::one_line(&e));
             }
         }
-        if let Err(e) = refresh_index(out, &mirror, &mut indexed) {
+        if let Err(e) = refresh_index(out, &mirror, &claim, opts.lease, &mut indexed) {
             tracing::warn!("index: {}", crate::one_line(&e));
         }
+        report.requests = crate::remote::requests_made();
         if opts.once || stop.load(Ordering::SeqCst) {
+            if let Some((generation, _)) = indexed.lease {
+                lease::drop_generation(out, INDEX_KEY, generation);
+            }
             return Ok(report);
         }
-        let rest = opts.poll.saturating_sub(t0.elapsed());
+        let rest = if backlog {
+            Duration::ZERO
+        } else {
+            opts.poll.saturating_sub(t0.elapsed())
+        };
         let until = Instant::now() + rest;
         while Instant::now() < until && !stop.load(Ordering::SeqCst) {
             std::thread::sleep(Duration::from_millis(50).min(rest));
         }
         if stop.load(Ordering::SeqCst) {
+            if let Some((generation, _)) = indexed.lease {
+                lease::drop_generation(out, INDEX_KEY, generation);
+            }
+            report.requests = crate::remote::requests_made();
             return Ok(report);
         }
     }
@@ -145,7 +167,7 @@ fn round(
     work: &Path,
     pool: &rayon::ThreadPool,
     stop: &AtomicBool,
-) -> Result<SharedReport> {
+) -> Result<(SharedReport, bool)> {
     let listed = runs.list()?;
     let state = lease::read_state(out)?;
     // Leases of versions already done are left by a daemon that died between
@@ -173,6 +195,10 @@ fn round(
     // lease only when a render thread is free for it: leases are held for one
     // render, not for a whole round's backlog.
     candidates.shuffle(&mut rand::rng());
+    // A backlog is taken a slice per round, so the listing, the index and a
+    // stop request are never more than a slice of renders old.
+    let backlog = candidates.len() > ROUND_RENDERS_PER_JOB * opts.jobs.max(1);
+    candidates.truncate(ROUND_RENDERS_PER_JOB * opts.jobs.max(1));
     let results: Vec<Outcome> = pool.install(|| {
         candidates
             .into_par_iter()
@@ -234,7 +260,7 @@ fn round(
             Outcome::Skipped => {}
         }
     }
-    Ok(r)
+    Ok((r, backlog))
 }
 
 enum Outcome {
@@ -341,12 +367,23 @@ fn upload_dir(local: &Path, to: &Remote) -> Result<usize> {
         _ => 0,
     };
     files.sort_by_key(|n| (last(n), n.clone()));
-    for name in &files {
-        let path = local.join(name);
+    let count = files.len();
+    let read = |name: String| -> Result<(String, Vec<u8>)> {
+        let path = local.join(&name);
         let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
-        to.join(name).put(bytes)?;
+        Ok((name, bytes))
+    };
+    // The pictures and data 8 at a time, then the page, then the manifest.
+    let (rest, pictures): (Vec<String>, Vec<String>) = files.into_iter().partition(|n| last(n) > 0);
+    to.put_many(
+        pictures.into_iter().map(read).collect::<Result<_>>()?,
+        UPLOADS_IN_FLIGHT,
+    )?;
+    for name in rest {
+        let (name, bytes) = read(name)?;
+        to.join(&name).put(bytes)?;
     }
-    Ok(files.len())
+    Ok(count)
 }
 
 fn collect_files(dir: &Path, prefix: &str, out: &mut Vec<String>) -> Result<()> {
@@ -367,40 +404,123 @@ fn collect_files(dir: &Path, prefix: &str, out: &mut Vec<String>) -> Result<()> 
     Ok(())
 }
 
+/// What this daemon last wrote into the index: the done versions it listed and
+/// a hash of each index file it uploaded.
+#[derive(Default)]
+struct Indexed {
+    done: Option<HashSet<String>>,
+    /// Done versions whose manifest and stats are in the mirror.
+    fetched: HashSet<String>,
+    uploaded: HashMap<String, u64>,
+    /// The index lease this daemon holds: generation and expiry (ms).
+    lease: Option<(u32, u64)>,
+}
+
+/// The lease key of the index (no run version key has no `@`).
+const INDEX_KEY: &str = "~index";
+
+/// Whether this daemon writes the index this round: one daemon at a time holds
+/// the index lease (renewed when half of it has passed; taken over when its
+/// holder's expires), so concurrent writers never leave an older index last.
+fn index_turn(
+    out: &Remote,
+    claim: &Claim,
+    ttl: Duration,
+    highest: Option<u32>,
+    indexed: &mut Indexed,
+) -> Result<bool> {
+    let now = lease::now_ms();
+    let ttl_ms = ttl.as_millis() as u64;
+    match indexed.lease {
+        Some((_, expires)) if expires > now + ttl_ms / 2 => Ok(true),
+        Some((generation, _)) => match lease::renew(out, INDEX_KEY, generation, claim, ttl)? {
+            Some(next) => {
+                indexed.lease = Some((next, now + ttl_ms));
+                Ok(true)
+            }
+            None => {
+                tracing::info!("index: another daemon writes it now");
+                indexed.lease = None;
+                Ok(false)
+            }
+        },
+        None => match lease::take(out, INDEX_KEY, highest, claim, ttl)? {
+            Some((generation, previous)) => {
+                if let Some(p) = previous {
+                    tracing::info!("index: taking over from {p} (its lease expired)");
+                }
+                if let Some(h) = highest {
+                    lease::drop_generation(out, INDEX_KEY, h);
+                }
+                indexed.lease = Some((generation, now + ttl_ms));
+                // Written whole by the new writer.
+                indexed.done = None;
+                indexed.uploaded.clear();
+                Ok(true)
+            }
+            None => Ok(false),
+        },
+    }
+}
+
 /// Rewrites the index under `out` when the set of done runs changed since this
 /// daemon last wrote it: manifests and stats of new galleries are fetched into a
-/// local mirror, the index written there and its files uploaded.
-fn refresh_index(out: &Remote, mirror: &Path, indexed: &mut Option<HashSet<String>>) -> Result<()> {
+/// local mirror (16 requests at a time), the index written there and the files
+/// that changed uploaded (`index.html` last).
+fn refresh_index(
+    out: &Remote,
+    mirror: &Path,
+    claim: &Claim,
+    ttl: Duration,
+    indexed: &mut Indexed,
+) -> Result<()> {
     let state = lease::read_state(out)?;
-    if indexed.as_ref() == Some(&state.done) {
+    let highest = state.leases.get(INDEX_KEY).copied();
+    if !index_turn(out, claim, ttl, highest, indexed)? || indexed.done.as_ref() == Some(&state.done)
+    {
         return Ok(());
     }
     // A gallery is fetched again when one of its done versions is new to this
     // daemon: a run rewritten under the same name has a new manifest.
     let mut galleries: HashSet<&str> = HashSet::new();
-    let mut stale: HashSet<&str> = HashSet::new();
+    let mut stale: BTreeSet<&str> = BTreeSet::new();
     for key in &state.done {
         let g = lease::gallery_of(key);
         galleries.insert(g);
-        if indexed.as_ref().is_none_or(|s| !s.contains(key)) {
+        if !indexed.fetched.contains(key) {
             stale.insert(g);
         }
     }
     for g in &galleries {
-        let dir = mirror.join(g);
-        if !stale.contains(g) && dir.exists() {
-            continue;
-        }
-        std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-        for f in ["manifest.json", "stats.json"] {
-            if let Some(bytes) = out.join(&format!("{g}/{f}")).get()? {
-                std::fs::write(dir.join(f), bytes).map_err(|e| Error::io(dir.join(f), e))?;
-            }
+        if !mirror.join(g).exists() {
+            stale.insert(g);
         }
     }
+    let names: Vec<String> = stale
+        .iter()
+        .flat_map(|g| [format!("{g}/manifest.json"), format!("{g}/stats.json")])
+        .collect();
+    for (name, bytes) in names.iter().zip(out.get_many(&names, 16)?) {
+        let path = mirror.join(name);
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        }
+        if let Some(bytes) = bytes {
+            std::fs::write(&path, bytes).map_err(|e| Error::io(&path, e))?;
+        }
+    }
+    indexed.fetched.extend(
+        state
+            .done
+            .iter()
+            .filter(|k| stale.contains(lease::gallery_of(k)))
+            .cloned(),
+    );
     gallery::write_index(mirror)?;
     let mut files = Vec::new();
     collect_files(mirror, "", &mut files)?;
+    let mut changed = Vec::new();
+    let mut top_page = None;
     for name in files {
         let top = name.split('/').next().unwrap_or_default();
         if galleries.contains(top) {
@@ -408,13 +528,33 @@ fn refresh_index(out: &Remote, mirror: &Path, indexed: &mut Option<HashSet<Strin
         }
         let path = mirror.join(&name);
         let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
-        out.join(&name).put(bytes)?;
+        let h = xxhash_rust::xxh3::xxh3_64(&bytes);
+        if indexed.uploaded.get(&name) == Some(&h) {
+            continue;
+        }
+        indexed.uploaded.insert(name.clone(), h);
+        if name == "index.html" {
+            top_page = Some(bytes);
+        } else {
+            changed.push((name, bytes));
+        }
+    }
+    let result = out
+        .put_many(changed, UPLOADS_IN_FLIGHT)
+        .and_then(|()| match top_page {
+            Some(bytes) => out.join("index.html").put(bytes),
+            None => Ok(()),
+        });
+    if let Err(e) = result {
+        // Not known to be there: upload everything again next time.
+        indexed.uploaded.clear();
+        return Err(e);
     }
     tracing::info!(
         "index: {} runs -> {}/index.html",
         galleries.len(),
         out.url()
     );
-    *indexed = Some(state.done);
+    indexed.done = Some(state.done);
     Ok(())
 }
