@@ -155,10 +155,10 @@ impl Error {
             | Error::BadRunFile { path, .. }
             | Error::NoSuchLayer { path, .. }
             | Error::BadInput { path, .. }
-            | Error::Watch { path, .. } => {
-                if path == from {
-                    *path = to.to_path_buf();
-                }
+            | Error::Watch { path, .. }
+                if path == from =>
+            {
+                *path = to.to_path_buf();
             }
             _ => {}
         }

@@ -204,47 +204,13 @@ fn round(
             .into_par_iter()
             .with_max_len(1)
             .map(|(url, gallery, key, highest)| {
-                if stop.load(Ordering::SeqCst) {
-                    return Outcome::Skipped;
-                }
-                let mine = Claim {
-                    run: url.clone(),
-                    ..claim.clone()
-                };
-                let generation = match lease::take(out, &key, highest, &mine, opts.lease) {
-                    Ok(Some((generation, previous))) => {
-                        if let Some(p) = previous {
-                            tracing::info!("{url}: taking over from {p} (its lease expired)");
-                        }
-                        generation
-                    }
-                    Ok(None) => return Outcome::Skipped,
-                    Err(e) => {
-                        tracing::warn!("{url}: {} (retrying next round)", crate::one_line(&e));
-                        return Outcome::StoreError;
-                    }
-                };
-                // Done by another daemon since the listing (it released its lease
-                // before this one was created)?
-                match lease::is_done(out, &key) {
-                    Ok(false) => {}
-                    Ok(true) => {
-                        lease::release(out, &key, generation);
-                        return Outcome::Skipped;
-                    }
-                    Err(e) => {
-                        lease::release(out, &key, generation);
-                        tracing::warn!("{url}: {} (retrying next round)", crate::one_line(&e));
-                        return Outcome::StoreError;
-                    }
-                }
                 let job = Job {
                     url,
                     gallery,
                     key,
-                    generation,
+                    generation: 0,
                 };
-                render_one(&job, out, opts, claim, work)
+                attempt(job, highest, out, opts, claim, work, stop)
             })
             .collect()
     });
@@ -261,6 +227,54 @@ fn round(
         }
     }
     Ok((r, backlog))
+}
+
+/// Takes the lease of one run version and renders it, unless another daemon
+/// holds it or has rendered it since the listing.
+fn attempt(
+    mut job: Job,
+    highest: Option<u32>,
+    out: &Remote,
+    opts: &SharedOptions,
+    claim: &Claim,
+    work: &Path,
+    stop: &AtomicBool,
+) -> Outcome {
+    let url = job.url.clone();
+    if stop.load(Ordering::SeqCst) {
+        return Outcome::Skipped;
+    }
+    let mine = Claim {
+        run: url.clone(),
+        ..claim.clone()
+    };
+    job.generation = match lease::take(out, &job.key, highest, &mine, opts.lease) {
+        Ok(Some((generation, previous))) => {
+            if let Some(p) = previous {
+                tracing::info!("{url}: taking over from {p} (its lease expired)");
+            }
+            generation
+        }
+        Ok(None) => return Outcome::Skipped,
+        Err(e) => {
+            tracing::warn!("{url}: {} (retrying next round)", crate::one_line(&e));
+            return Outcome::StoreError;
+        }
+    };
+    // Done by another daemon since the listing (it released its lease before
+    // this one was created)?
+    match lease::is_done(out, &job.key) {
+        Ok(false) => render_one(&job, out, opts, claim, work),
+        Ok(true) => {
+            lease::release(out, &job.key, job.generation);
+            Outcome::Skipped
+        }
+        Err(e) => {
+            lease::release(out, &job.key, job.generation);
+            tracing::warn!("{url}: {} (retrying next round)", crate::one_line(&e));
+            Outcome::StoreError
+        }
+    }
 }
 
 enum Outcome {
@@ -519,9 +533,29 @@ fn refresh_index(
     gallery::write_index(mirror)?;
     let mut files = Vec::new();
     collect_files(mirror, "", &mut files)?;
+    upload_index(out, mirror, &files, &galleries, indexed)?;
+    tracing::info!(
+        "index: {} runs -> {}/index.html",
+        galleries.len(),
+        out.url()
+    );
+    indexed.done = Some(state.done);
+    Ok(())
+}
+
+/// Uploads the index files of `mirror` that changed since this daemon last
+/// uploaded them (`index.html` last); the galleries' own files are not touched.
+fn upload_index(
+    out: &Remote,
+    mirror: &Path,
+    files: &[String],
+    galleries: &HashSet<&str>,
+    indexed: &mut Indexed,
+) -> Result<()> {
     let mut changed = Vec::new();
     let mut top_page = None;
     for name in files {
+        let name = name.clone();
         let top = name.split('/').next().unwrap_or_default();
         if galleries.contains(top) {
             continue;
@@ -550,11 +584,5 @@ fn refresh_index(
         indexed.uploaded.clear();
         return Err(e);
     }
-    tracing::info!(
-        "index: {} runs -> {}/index.html",
-        galleries.len(),
-        out.url()
-    );
-    indexed.done = Some(state.done);
     Ok(())
 }
