@@ -149,6 +149,7 @@ impl Error {
 
     /// This error with `from` (a local copy) named `to` (what the user gave, e.g.
     /// a URL) wherever it names a file.
+    #[cfg(feature = "render")]
     pub(crate) fn renamed(mut self, from: &std::path::Path, to: &std::path::Path) -> Self {
         match &mut self {
             Error::Io { path, .. }
