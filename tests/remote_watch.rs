@@ -412,3 +412,62 @@ fn bad_runs_in_a_prefix_get_error_pages_and_the_daemon_goes_on() {
     assert_eq!(again.status.code(), Some(0), "{err2}");
     assert!(rendered(&err2).is_empty(), "{err2}");
 }
+
+#[test]
+fn render_publishes_into_shared_galleries_and_daemons_agree() {
+    let Some(s3) = s3::shared() else { return };
+    let bucket = "published";
+    s3.bucket(bucket);
+    let remote_run = small_run(21).save(format!("s3://{bucket}/runs")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let local_run = small_run(22).save(dir.path()).unwrap();
+    let out_url = format!("s3://{bucket}/galleries");
+    let out = Command::new(env!("CARGO_BIN_EXE_candlelight"))
+        .arg("render")
+        .arg(&remote_run)
+        .arg(&local_run)
+        .args(["--out", &out_url])
+        .envs(s3.env())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let keys: BTreeSet<String> = s3.keys(bucket, "galleries/").into_iter().collect();
+    let index = get(bucket, "galleries/index.html").expect("the index");
+    for run in [&remote_run, &local_run] {
+        let g = run.file_stem().unwrap().to_str().unwrap();
+        assert!(
+            text.contains(&format!("{out_url}/{g}/index.html")),
+            "{text}"
+        );
+        assert!(
+            keys.contains(&format!("galleries/{g}/manifest.json")),
+            "{keys:?}"
+        );
+        assert!(
+            index.contains(&format!("{g}&#x2f;index.html")),
+            "{g} not in the index"
+        );
+    }
+    // A daemon on the runs prefix finds the remote run already rendered.
+    let w = Command::new(env!("CARGO_BIN_EXE_candlelight"))
+        .args([
+            "watch",
+            &format!("s3://{bucket}/runs"),
+            "--out",
+            &out_url,
+            "--once",
+        ])
+        .envs(s3.env())
+        .env("RUST_LOG", "info")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&w.stderr).to_string();
+    assert_eq!(w.status.code(), Some(0), "{err}");
+    assert!(rendered(&err).is_empty(), "rendered again: {err}");
+}

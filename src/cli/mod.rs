@@ -11,6 +11,7 @@ mod demo;
 mod diff;
 mod instrument;
 mod render;
+mod render_store;
 mod serve;
 mod watch;
 

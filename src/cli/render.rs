@@ -53,7 +53,15 @@ pub fn one_line(path: &Path, e: &candlelight::Error) -> String {
 pub use candlelight::staging::absolute;
 
 pub fn render(args: RenderArgs) -> Result<i32> {
-    let opts = GalleryOptions {
+    let opts = options(&args);
+    if args.out.to_str().is_some_and(candlelight::location::is_url) {
+        return super::render_store::render_to_store(&args, &opts);
+    }
+    render_local(&args, &opts)
+}
+
+fn options(args: &RenderArgs) -> GalleryOptions {
+    GalleryOptions {
         render: RenderOptions {
             sample: args.sample,
             scale: args.scale,
@@ -61,7 +69,10 @@ pub fn render(args: RenderArgs) -> Result<i32> {
             ..RenderOptions::default()
         },
         samples: args.samples as usize,
-    };
+    }
+}
+
+fn render_local(args: &RenderArgs, opts: &GalleryOptions) -> Result<i32> {
     let pb = if args.runs.len() > 1 {
         let pb = ProgressBar::new(args.runs.len() as u64);
         pb.set_style(
@@ -91,7 +102,7 @@ pub fn render(args: RenderArgs) -> Result<i32> {
                 continue;
             }
         }
-        match render_gallery(path, &args.out, &opts) {
+        match render_gallery(path, &args.out, opts) {
             Ok(m) => pb.suspend(|| {
                 println!(
                     "rendered {} ({} layers, {} ms)",

@@ -248,6 +248,23 @@ impl Remote {
         })
     }
 
+    /// The object's version tag as [`Remote::list`] gives it (ETag, else the
+    /// modification time), `None` when there is no object.
+    pub fn version(&self) -> Result<Option<String>> {
+        block_on(async {
+            count(1);
+            match self.store.head(&self.key).await {
+                Ok(m) => {
+                    Ok(Some(m.e_tag.unwrap_or_else(|| {
+                        m.last_modified.timestamp_micros().to_string()
+                    })))
+                }
+                Err(object_store::Error::NotFound { .. }) => Ok(None),
+                Err(e) => Err(self.fail("look up", e)),
+            }
+        })
+    }
+
     /// True when the object exists.
     pub fn exists(&self) -> Result<bool> {
         block_on(async {

@@ -10,7 +10,6 @@
 //! by file with the run page and manifest last), mark done, release. Then rewrite
 //! the index when the set of done runs changed.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -22,6 +21,10 @@ use super::lease::{self, Claim};
 use crate::gallery::{self, GalleryOptions};
 use crate::remote::Remote;
 use crate::{Error, Result};
+
+mod index;
+pub use index::write_shared_index;
+use index::{refresh_index, Indexed, INDEX_KEY};
 
 /// Options of the shared daemon.
 #[derive(Debug, Clone)]
@@ -370,6 +373,27 @@ fn render_and_upload(
     })
 }
 
+/// Publishes a gallery rendered by `candlelight render` into the shared
+/// galleries under `out`: its files uploaded (page and manifest last), and the
+/// run version marked done, as a daemon would (`version`: the run object's
+/// version tag, or any string that changes with a local run file).
+pub fn publish_gallery(
+    local: &Path,
+    out: &Remote,
+    gallery: &str,
+    version: &str,
+    run: &str,
+) -> Result<usize> {
+    let files = upload_dir(local, &out.join(gallery))?;
+    let done = Claim {
+        owner: owner_id(),
+        expires_ms: 0,
+        run: run.to_string(),
+    };
+    lease::mark_done(out, &lease::version_key(gallery, version), &done)?;
+    Ok(files)
+}
+
 /// Uploads the files of `local` (recursively) under `to`: the run page and the
 /// manifest last, so a page never links to a picture not there yet.
 fn upload_dir(local: &Path, to: &Remote) -> Result<usize> {
@@ -414,175 +438,6 @@ fn collect_files(dir: &Path, prefix: &str, out: &mut Vec<String>) -> Result<()> 
         } else if ft.is_file() {
             out.push(rel);
         }
-    }
-    Ok(())
-}
-
-/// What this daemon last wrote into the index: the done versions it listed and
-/// a hash of each index file it uploaded.
-#[derive(Default)]
-struct Indexed {
-    done: Option<HashSet<String>>,
-    /// Done versions whose manifest and stats are in the mirror.
-    fetched: HashSet<String>,
-    uploaded: HashMap<String, u64>,
-    /// The index lease this daemon holds: generation and expiry (ms).
-    lease: Option<(u32, u64)>,
-}
-
-/// The lease key of the index (no run version key has no `@`).
-const INDEX_KEY: &str = "~index";
-
-/// Whether this daemon writes the index this round: one daemon at a time holds
-/// the index lease (renewed when half of it has passed; taken over when its
-/// holder's expires), so concurrent writers never leave an older index last.
-fn index_turn(
-    out: &Remote,
-    claim: &Claim,
-    ttl: Duration,
-    highest: Option<u32>,
-    indexed: &mut Indexed,
-) -> Result<bool> {
-    let now = lease::now_ms();
-    let ttl_ms = ttl.as_millis() as u64;
-    match indexed.lease {
-        Some((_, expires)) if expires > now + ttl_ms / 2 => Ok(true),
-        Some((generation, _)) => match lease::renew(out, INDEX_KEY, generation, claim, ttl)? {
-            Some(next) => {
-                indexed.lease = Some((next, now + ttl_ms));
-                Ok(true)
-            }
-            None => {
-                tracing::info!("index: another daemon writes it now");
-                indexed.lease = None;
-                Ok(false)
-            }
-        },
-        None => match lease::take(out, INDEX_KEY, highest, claim, ttl)? {
-            Some((generation, previous)) => {
-                if let Some(p) = previous {
-                    tracing::info!("index: taking over from {p} (its lease expired)");
-                }
-                if let Some(h) = highest {
-                    lease::drop_generation(out, INDEX_KEY, h);
-                }
-                indexed.lease = Some((generation, now + ttl_ms));
-                // Written whole by the new writer.
-                indexed.done = None;
-                indexed.uploaded.clear();
-                Ok(true)
-            }
-            None => Ok(false),
-        },
-    }
-}
-
-/// Rewrites the index under `out` when the set of done runs changed since this
-/// daemon last wrote it: manifests and stats of new galleries are fetched into a
-/// local mirror (16 requests at a time), the index written there and the files
-/// that changed uploaded (`index.html` last).
-fn refresh_index(
-    out: &Remote,
-    mirror: &Path,
-    claim: &Claim,
-    ttl: Duration,
-    indexed: &mut Indexed,
-) -> Result<()> {
-    let state = lease::read_state(out)?;
-    let highest = state.leases.get(INDEX_KEY).copied();
-    if !index_turn(out, claim, ttl, highest, indexed)? || indexed.done.as_ref() == Some(&state.done)
-    {
-        return Ok(());
-    }
-    // A gallery is fetched again when one of its done versions is new to this
-    // daemon: a run rewritten under the same name has a new manifest.
-    let mut galleries: HashSet<&str> = HashSet::new();
-    let mut stale: BTreeSet<&str> = BTreeSet::new();
-    for key in &state.done {
-        let g = lease::gallery_of(key);
-        galleries.insert(g);
-        if !indexed.fetched.contains(key) {
-            stale.insert(g);
-        }
-    }
-    for g in &galleries {
-        if !mirror.join(g).exists() {
-            stale.insert(g);
-        }
-    }
-    let names: Vec<String> = stale
-        .iter()
-        .flat_map(|g| [format!("{g}/manifest.json"), format!("{g}/stats.json")])
-        .collect();
-    for (name, bytes) in names.iter().zip(out.get_many(&names, 16)?) {
-        let path = mirror.join(name);
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-        }
-        if let Some(bytes) = bytes {
-            std::fs::write(&path, bytes).map_err(|e| Error::io(&path, e))?;
-        }
-    }
-    indexed.fetched.extend(
-        state
-            .done
-            .iter()
-            .filter(|k| stale.contains(lease::gallery_of(k)))
-            .cloned(),
-    );
-    gallery::write_index(mirror)?;
-    let mut files = Vec::new();
-    collect_files(mirror, "", &mut files)?;
-    upload_index(out, mirror, &files, &galleries, indexed)?;
-    tracing::info!(
-        "index: {} runs -> {}/index.html",
-        galleries.len(),
-        out.url()
-    );
-    indexed.done = Some(state.done);
-    Ok(())
-}
-
-/// Uploads the index files of `mirror` that changed since this daemon last
-/// uploaded them (`index.html` last); the galleries' own files are not touched.
-fn upload_index(
-    out: &Remote,
-    mirror: &Path,
-    files: &[String],
-    galleries: &HashSet<&str>,
-    indexed: &mut Indexed,
-) -> Result<()> {
-    let mut changed = Vec::new();
-    let mut top_page = None;
-    for name in files {
-        let name = name.clone();
-        let top = name.split('/').next().unwrap_or_default();
-        if galleries.contains(top) {
-            continue;
-        }
-        let path = mirror.join(&name);
-        let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
-        let h = xxhash_rust::xxh3::xxh3_64(&bytes);
-        if indexed.uploaded.get(&name) == Some(&h) {
-            continue;
-        }
-        indexed.uploaded.insert(name.clone(), h);
-        if name == "index.html" {
-            top_page = Some(bytes);
-        } else {
-            changed.push((name, bytes));
-        }
-    }
-    let result = out
-        .put_many(changed, UPLOADS_IN_FLIGHT)
-        .and_then(|()| match top_page {
-            Some(bytes) => out.join("index.html").put(bytes),
-            None => Ok(()),
-        });
-    if let Err(e) = result {
-        // Not known to be there: upload everything again next time.
-        indexed.uploaded.clear();
-        return Err(e);
     }
     Ok(())
 }
