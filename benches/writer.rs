@@ -33,7 +33,7 @@ use candlelight::nn::Seq;
 use candlelight::{Recorder, Run, RunWriter};
 
 mod common;
-use common::{ms, Figure};
+use common::{cpu_times, ms, Figure};
 
 const BATCH: usize = 64;
 
@@ -95,10 +95,20 @@ struct Times {
     bg_total: Vec<Duration>,
     sync: Vec<Duration>,
     save_alone: Vec<Duration>,
+    /// CPU time (user, system) of every thread per side, summed over rounds.
+    cpu: [(Duration, Duration); 4],
 }
 
 /// One side of a round; pushes its time(s).
 fn side(k: usize, o: &Opts, model: &Seq, x: &Tensor, run: &Run, dir: &Path, t: &mut Times) {
+    let (user, sys) = cpu_times();
+    timed_side(k, o, model, x, run, dir, t);
+    let (user2, sys2) = cpu_times();
+    t.cpu[k].0 += user2 - user;
+    t.cpu[k].1 += sys2 - sys;
+}
+
+fn timed_side(k: usize, o: &Opts, model: &Seq, x: &Tensor, run: &Run, dir: &Path, t: &mut Times) {
     match k {
         0 => {
             let start = Instant::now();
@@ -168,7 +178,11 @@ fn main() -> Result<()> {
         bg_total: vec![],
         sync: vec![],
         save_alone: vec![],
+        cpu: Default::default(),
     };
+    if std::env::args().any(|a| a == "--phases") {
+        return phases(&run, dir.path(), o.passes);
+    }
     let load_before = load();
     for round in 0..o.rounds {
         for k in 0..4 {
@@ -236,6 +250,24 @@ fn report(o: &Opts, t: &Times, file_bytes: f64, load: [String; 2]) {
         show(sync.ratio(&plain))
     );
     println!("Run::save alone / plain = {}", show(alone.ratio(&plain)));
+    let per_pass = |d: Duration| ms(d) / (o.passes * o.rounds) as f64;
+    let names = ["plain", "background", "synchronous", "save alone"];
+    let cpu: Vec<String> = names
+        .iter()
+        .zip(&t.cpu)
+        .map(|(n, &(u, s))| {
+            format!(
+                "{n} {:.1} ms (user {:.1}, system {:.1})",
+                per_pass(u + s),
+                per_pass(u),
+                per_pass(s)
+            )
+        })
+        .collect();
+    println!(
+        "CPU per pass, every thread (incl. removing files): {}",
+        cpu.join("; ")
+    );
     let rate = file_bytes * o.passes as f64 / alone.median().as_secs_f64();
     println!(
         "disk: Run::save alone writes {:.0} MB/s (median; best {:.0} MB/s): {} files need {:.2} s at that rate, {:.2}x the plain loop's median {:.2} s",
@@ -246,4 +278,64 @@ fn report(o: &Opts, t: &Times, file_bytes: f64, load: [String; 2]) {
         alone.median().as_secs_f64() / plain.median().as_secs_f64(),
         plain.median().as_secs_f64()
     );
+}
+
+/// `--phases`: where one `Run::save` of the recorded run spends its time, each
+/// phase `passes` times on its own: the per-layer summaries (statistics and hash,
+/// as the save computes them), the hash alone, a buffered write of the same bytes
+/// (no sync), and the whole save; wall and CPU time per save.
+fn phases(run: &Run, dir: &Path, passes: usize) -> Result<()> {
+    let layers: Vec<Vec<u8>> = (0..run.len())
+        .map(|i| {
+            let v: Vec<f32> = run.tensor_at(i)?.flatten_all()?.to_vec1()?;
+            Ok(v.iter().flat_map(|x| x.to_le_bytes()).collect())
+        })
+        .collect::<Result<_>>()?;
+    let bytes: usize = layers.iter().map(Vec::len).sum();
+    let time = |name: &str, f: &mut dyn FnMut()| {
+        let (u0, s0) = cpu_times();
+        let start = Instant::now();
+        for _ in 0..passes {
+            f();
+        }
+        let wall = start.elapsed() / passes as u32;
+        let (u1, s1) = cpu_times();
+        let per = |d: Duration| ms(d) / passes as f64;
+        println!(
+            "   {name:<44} {:>7.2} ms wall, CPU user {:.2} + system {:.2} ms ({:.1} GB/s)",
+            ms(wall),
+            per(u1 - u0),
+            per(s1 - s0),
+            bytes as f64 / wall.as_secs_f64() / 1e9
+        );
+    };
+    println!(
+        "== phases of one Run::save ({:.1} MB of layers)",
+        bytes as f64 / 1e6
+    );
+    time("summaries (LayerSummary::of every layer)", &mut || {
+        for l in &layers {
+            black_box(candlelight::LayerSummary::of(l, safetensors::Dtype::F32));
+        }
+    });
+    time("xxh3-128 of every layer", &mut || {
+        for l in &layers {
+            black_box(xxhash_rust::xxh3::xxh3_128(l));
+        }
+    });
+    let path = dir.join("phase.bin");
+    time("buffered write of the bytes (no sync)", &mut || {
+        use std::io::Write as _;
+        let mut f = std::fs::File::create(&path).expect("create");
+        for l in &layers {
+            f.write_all(l).expect("write");
+        }
+        drop(f);
+        std::fs::remove_file(&path).expect("remove");
+    });
+    time("Run::save (+ removing the file)", &mut || {
+        let p = run.save(dir).expect("save");
+        std::fs::remove_file(p).expect("remove");
+    });
+    Ok(())
 }

@@ -59,3 +59,16 @@ pub fn atomic_write(dir: &Path, bytes: &[u8]) {
         .and_then(|d| d.sync_all())
         .expect("sync dir");
 }
+
+/// CPU time of this process so far (every thread), user and system, from
+/// `getrusage`.
+pub fn cpu_times() -> (Duration, Duration) {
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    // SAFETY: getrusage only writes the struct it is given.
+    let u = unsafe {
+        let mut u: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut u);
+        u
+    };
+    (tv(u.ru_utime), tv(u.ru_stime))
+}

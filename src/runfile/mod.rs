@@ -21,6 +21,7 @@ use candle_core::{Device, Tensor};
 use safetensors::Dtype;
 use serde::{Deserialize, Serialize};
 
+mod local;
 mod open;
 pub(crate) mod path_json;
 mod summary;

@@ -10,7 +10,8 @@ use std::collections::BTreeMap;
 use safetensors::Dtype;
 use serde::{Deserialize, Serialize};
 
-use crate::values::{LayerData, Stats};
+use crate::values::stats::StatsFold;
+use crate::values::{elem_size, LayerData, Stats, SCAN_CHUNK};
 
 /// Metadata key of the per-layer summaries.
 pub const KEY_LAYERS: &str = "candlelight.layers";
@@ -103,6 +104,86 @@ impl LayerSummary {
     }
 }
 
+/// A layer's summary computed while its bytes stream past, on the calling thread:
+/// the same as [`LayerSummary::of`] of all the bytes, when they are fed in pieces
+/// of [`SummaryFold::piece_len`] bytes (the last one shorter).
+pub(crate) struct SummaryFold {
+    dtype: Dtype,
+    hasher: xxhash_rust::xxh3::Xxh3,
+    /// `None` for a dtype that is not numbers.
+    stats: Option<StatsFold>,
+    /// Values of a piece that is not f32 in place.
+    buf: Vec<f32>,
+}
+
+impl SummaryFold {
+    pub(crate) fn new(dtype: Dtype) -> SummaryFold {
+        let numbers = LayerData::from_bytes(Cow::Borrowed(&[]), dtype).is_ok();
+        SummaryFold {
+            dtype,
+            hasher: xxhash_rust::xxh3::Xxh3::new(),
+            stats: numbers.then(StatsFold::new),
+            buf: Vec::new(),
+        }
+    }
+
+    /// Bytes per piece: one chunk of the statistics' parallel scan.
+    pub(crate) fn piece_len(dtype: Dtype) -> usize {
+        SCAN_CHUNK * elem_size(dtype).unwrap_or(1)
+    }
+
+    pub(crate) fn push(&mut self, piece: &[u8]) {
+        self.hasher.update(piece);
+        let Some(stats) = &mut self.stats else {
+            return;
+        };
+        let Ok(data) = LayerData::from_bytes(Cow::Borrowed(piece), self.dtype) else {
+            // A piece that is not whole values: the layer's length is checked
+            // before writing, so only a bug gets here; no statistics then.
+            self.stats = None;
+            return;
+        };
+        let n = data.len();
+        if let Some(values) = data.f32_slice(0, n) {
+            stats.push(values);
+        } else {
+            self.buf.resize(n, 0.0);
+            data.read_into(0, &mut self.buf);
+            stats.push(&self.buf);
+        }
+    }
+
+    pub(crate) fn finish(self) -> LayerSummary {
+        LayerSummary {
+            hash: format!("{HASH_ALGORITHM}:{:032x}", self.hasher.digest128()),
+            stats: self.stats.map(StatsFold::finish),
+        }
+    }
+}
+
+impl LayerSummary {
+    /// A summary whose JSON is at least as long as any real one's (each number the
+    /// longest a number can print): a bound for sizing a header before the data
+    /// is seen.
+    pub(crate) fn widest() -> LayerSummary {
+        // 24 characters, the most an f64 prints as (ryu's buffer).
+        let wide = -2.225_073_858_507_201_4e-308;
+        LayerSummary {
+            hash: format!("{HASH_ALGORITHM}:{:032x}", u128::MAX),
+            stats: Some(Stats {
+                count: u64::MAX,
+                min: wide,
+                max: wide,
+                mean: wide,
+                std: wide,
+                zero_fraction: wide,
+                nan: u64::MAX,
+                inf: u64::MAX,
+            }),
+        }
+    }
+}
+
 /// `xxh3-128:<hex>` of `bytes`.
 pub fn hash(bytes: &[u8]) -> String {
     format!(
@@ -146,5 +227,84 @@ mod tests {
         assert_ne!(a.hash, b.hash);
         assert!(a.hash.starts_with("xxh3-128:") && a.hash.len() == 9 + 32);
         assert!(from_json("[1]").unwrap_err().contains(KEY_LAYERS));
+    }
+
+    /// Bytes of `n` f32 values with NaN, Inf, zeros and a wide spread, so every
+    /// counter and the shifted sums are exercised.
+    fn mixed(n: usize) -> Vec<u8> {
+        (0..n)
+            .map(|i| match i % 97 {
+                0 => f32::NAN,
+                1 => f32::INFINITY,
+                2 | 3 => 0.0,
+                k => (k as f32 - 40.0) * 1.7e3 + (i as f32).sin(),
+            })
+            .flat_map(|x| x.to_le_bytes())
+            .collect()
+    }
+
+    #[test]
+    fn folding_pieces_gives_the_summary_of_the_whole() {
+        let f32_bytes = mixed(SCAN_CHUNK * 2 + 1234);
+        let halves: Vec<u8> = f32_bytes
+            .chunks_exact(4)
+            .flat_map(|b| {
+                half::f16::from_f32(f32::from_le_bytes(b.try_into().unwrap())).to_le_bytes()
+            })
+            .collect();
+        let cases = [
+            (f32_bytes.clone(), Dtype::F32),
+            (halves, Dtype::F16),
+            (vec![7u8; 300_001], Dtype::U8),
+            (vec![1u8; 40], Dtype::BOOL),
+            (Vec::new(), Dtype::F32),
+        ];
+        for (bytes, dtype) in cases {
+            let mut fold = SummaryFold::new(dtype);
+            for piece in bytes.chunks(SummaryFold::piece_len(dtype)) {
+                fold.push(piece);
+            }
+            // Bit-for-bit: the chunks and the merge order are the parallel scan's.
+            let (a, b) = (fold.finish(), LayerSummary::of(&bytes, dtype));
+            assert_eq!(a.hash, b.hash, "{dtype:?}");
+            match (a.stats, b.stats) {
+                (Some(x), Some(y)) => {
+                    let bits =
+                        |s: Stats| [s.min, s.max, s.mean, s.std, s.zero_fraction].map(f64::to_bits);
+                    assert_eq!(bits(x), bits(y), "{dtype:?}");
+                    assert_eq!((x.count, x.nan, x.inf), (y.count, y.nan, y.inf));
+                }
+                (x, y) => assert_eq!(x.is_none(), y.is_none(), "{dtype:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn the_widest_summary_is_at_least_as_long_as_any() {
+        let wide = LayerSummary::widest();
+        let len = |s: &LayerSummary| to_json(&BTreeMap::from([("x", s)])).len();
+        let extremes = [
+            f64::MIN,
+            -f64::MIN_POSITIVE,
+            -1.234_567_890_123_456_7e-5,
+            1e21,
+            f64::NAN,
+        ];
+        for v in extremes {
+            let s = LayerSummary {
+                hash: hash(b"x"),
+                stats: Some(Stats {
+                    count: u64::MAX,
+                    min: v,
+                    max: v,
+                    mean: v,
+                    std: v,
+                    zero_fraction: v,
+                    nan: u64::MAX,
+                    inf: u64::MAX,
+                }),
+            };
+            assert!(len(&s) <= len(&wide), "{v}");
+        }
     }
 }

@@ -31,7 +31,6 @@ pub(crate) mod stats;
 pub use stats::Stats;
 
 pub(crate) use bulk::read_vec;
-#[cfg(test)]
 pub(crate) use bulk::SCAN_CHUNK;
 
 /// Where the bytes are.

@@ -102,6 +102,25 @@ impl Acc {
     }
 }
 
+/// Statistics fed one chunk at a time, in order, on the calling thread: the same
+/// numbers as [`Stats::of`] when the chunks are its chunks ([`super::SCAN_CHUNK`]
+/// values each from the layer's start, the last one shorter).
+pub(crate) struct StatsFold(Acc);
+
+impl StatsFold {
+    pub(crate) fn new() -> StatsFold {
+        StatsFold(Acc::EMPTY)
+    }
+
+    pub(crate) fn push(&mut self, chunk: &[f32]) {
+        self.0 = self.0.merge(Acc::of(chunk));
+    }
+
+    pub(crate) fn finish(self) -> Stats {
+        self.0.finish()
+    }
+}
+
 impl Stats {
     /// Statistics of a layer's values: one read, chunks in parallel (see `kernel`).
     pub fn of(data: &LayerData<'_>) -> Stats {
