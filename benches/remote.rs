@@ -22,7 +22,7 @@ mod s3;
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use candle_core::{Device, Tensor};
@@ -30,7 +30,6 @@ use candlelight::diff::{diff, DiffOptions};
 use candlelight::remote::Remote;
 use candlelight::Run;
 
-const BIN: &str = env!("CARGO_BIN_EXE_candlelight");
 const MIB: u64 = 1 << 20;
 
 fn env_usize(name: &str, default: usize) -> usize {
@@ -319,25 +318,7 @@ fn bench_watch(s3: &s3::Moto, scratch: &Path) {
             .collect();
         let mut children: Vec<Child> = logs
             .iter()
-            .map(|log| {
-                Command::new(BIN)
-                    .args([
-                        "watch",
-                        &format!("s3://{bucket}/runs"),
-                        "--out",
-                        &format!("s3://{bucket}/galleries"),
-                        "--poll-interval-ms",
-                        "200",
-                        "-j",
-                        "2",
-                    ])
-                    .envs(s3.env())
-                    .env("RUST_LOG", "info")
-                    .stdout(Stdio::null())
-                    .stderr(std::fs::File::create(log).unwrap())
-                    .spawn()
-                    .unwrap()
-            })
+            .map(|log| s3.watch_daemon(&bucket, &["--poll-interval-ms", "200"], log))
             .collect();
         // Done when the logs name every run (no requests of ours to the server).
         loop {

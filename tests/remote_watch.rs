@@ -8,8 +8,9 @@ mod common;
 mod s3;
 
 use std::collections::{BTreeSet, HashMap};
+use std::ffi::OsStr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use candle_core::{Device, Tensor};
@@ -41,28 +42,10 @@ fn small_run(seed: usize) -> Run {
 }
 
 /// A daemon: `watch s3://<bucket>/runs --out s3://<bucket>/galleries`, logging to
-/// `log`.
+/// `log`, with short leases and polls.
 fn daemon(s3: &s3::Moto, bucket: &str, log: &Path) -> Child {
-    let err = std::fs::File::create(log).unwrap();
-    Command::new(env!("CARGO_BIN_EXE_candlelight"))
-        .args([
-            "watch",
-            &format!("s3://{bucket}/runs"),
-            "--out",
-            &format!("s3://{bucket}/galleries"),
-            "--lease-secs",
-            "3",
-            "--poll-interval-ms",
-            "300",
-            "-j",
-            "2",
-        ])
-        .envs(s3.env())
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(err)
-        .spawn()
-        .expect("start candlelight watch")
+    let more = ["--lease-secs", "3", "--poll-interval-ms", "300"];
+    s3.watch_daemon(bucket, &more, log)
 }
 
 /// The daemons, killed when the test ends (also when it fails).
@@ -365,12 +348,10 @@ fn bad_runs_in_a_prefix_get_error_pages_and_the_daemon_goes_on() {
     // Galleries in a local folder this time.
     let out_dir = dir.path().join("galleries");
     let run = || {
-        Command::new(env!("CARGO_BIN_EXE_candlelight"))
-            .args(["watch", &format!("s3://{bucket}/runs"), "--out"])
+        let runs = format!("s3://{bucket}/runs");
+        s3.candlelight(&[OsStr::new("watch"), runs.as_ref(), "--out".as_ref()])
             .arg(&out_dir)
             .arg("--once")
-            .envs(s3.env())
-            .env("RUST_LOG", "info")
             .output()
             .unwrap()
     };
@@ -422,12 +403,13 @@ fn render_publishes_into_shared_galleries_and_daemons_agree() {
     let dir = tempfile::tempdir().unwrap();
     let local_run = small_run(22).save(dir.path()).unwrap();
     let out_url = format!("s3://{bucket}/galleries");
-    let out = Command::new(env!("CARGO_BIN_EXE_candlelight"))
-        .arg("render")
-        .arg(&remote_run)
-        .arg(&local_run)
+    let out = s3
+        .candlelight(&[
+            OsStr::new("render"),
+            remote_run.as_ref(),
+            local_run.as_ref(),
+        ])
         .args(["--out", &out_url])
-        .envs(s3.env())
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout).to_string();
@@ -455,16 +437,9 @@ fn render_publishes_into_shared_galleries_and_daemons_agree() {
         );
     }
     // A daemon on the runs prefix finds the remote run already rendered.
-    let w = Command::new(env!("CARGO_BIN_EXE_candlelight"))
-        .args([
-            "watch",
-            &format!("s3://{bucket}/runs"),
-            "--out",
-            &out_url,
-            "--once",
-        ])
-        .envs(s3.env())
-        .env("RUST_LOG", "info")
+    let runs = format!("s3://{bucket}/runs");
+    let w = s3
+        .candlelight(&["watch", &runs, "--out", &out_url, "--once"])
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&w.stderr).to_string();

@@ -180,7 +180,9 @@ fn write_data<V: View>(
         let _ = empty_tx.send(take_buffer());
     }
     std::thread::scope(|s| {
-        let writer = s.spawn(|| write_buffers(out, full_rx, empty_tx));
+        let writer = std::thread::Builder::new()
+            .name("candlelight-run-io".into())
+            .spawn_scoped(s, || write_buffers(out, full_rx, empty_tx))?;
         let mut fill = Filler {
             buf: empty_rx.recv().ok(),
             fill: 0,

@@ -129,6 +129,35 @@ impl Moto {
         ]
     }
 
+    /// `candlelight <args>` talking to this server (its credentials and endpoint),
+    /// logging at `info`.
+    pub fn candlelight<S: AsRef<std::ffi::OsStr>>(&self, args: &[S]) -> std::process::Command {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_candlelight"));
+        c.args(args).envs(self.env()).env("RUST_LOG", "info");
+        c
+    }
+
+    /// `candlelight watch s3://<bucket>/runs --out s3://<bucket>/galleries -j 2
+    /// <more>`, stdout dropped, stderr (the log) into `log`, started.
+    pub fn watch_daemon(
+        &self,
+        bucket: &str,
+        more: &[&str],
+        log: &std::path::Path,
+    ) -> std::process::Child {
+        let (runs, out) = (
+            format!("s3://{bucket}/runs"),
+            format!("s3://{bucket}/galleries"),
+        );
+        let mut args = vec!["watch", &runs, "--out", &out, "-j", "2"];
+        args.extend(more);
+        self.candlelight(&args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(log).expect("create the daemon's log"))
+            .spawn()
+            .expect("start candlelight watch")
+    }
+
     /// Keys under `prefix` in `bucket` (a plain ListObjectsV2, not through candlelight).
     pub fn keys(&self, bucket: &str, prefix: &str) -> Vec<String> {
         let mut keys = Vec::new();
