@@ -38,7 +38,7 @@ use candlelight::nn::{seq, Seq};
 use candlelight::Recorder;
 
 mod common;
-use common::{ms, Figure};
+use common::{loadavg, minor_faults, ms, Figure};
 
 /// Kept freed memory in the tuned child: more than a pass of either model records.
 const KEEP: usize = 256 << 20;
@@ -114,22 +114,6 @@ fn as_seq(layers: &Layers) -> Seq {
         let l = l.clone();
         s.add_fn(name, "layer", move |x| l.forward(x))
     })
-}
-
-/// Minor page faults of this process (all threads) so far.
-fn minor_faults() -> i64 {
-    // SAFETY: getrusage only writes the struct it is given.
-    unsafe {
-        let mut u: libc::rusage = std::mem::zeroed();
-        libc::getrusage(libc::RUSAGE_SELF, &mut u);
-        u.ru_minflt
-    }
-}
-
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "?".into())
 }
 
 const SIDES: [&str; 3] = [

@@ -41,7 +41,7 @@ use candlelight::models::minilm::{default_dir, Encoded, MiniLm};
 use candlelight::{Recorder, Run};
 
 mod common;
-use common::{ms, Figure};
+use common::{loadavg, minor_faults, ms, Figure};
 
 /// 16 tokens with [CLS] and [SEP] (as in `benches/minilm_torch.py`).
 const SENTENCE: &str = "The quick brown fox jumps over the lazy dog near the river bank.";
@@ -126,22 +126,6 @@ fn timed_atomic_write(dir: &Path, bytes: &[u8]) -> Duration {
     let took = t.elapsed();
     std::fs::remove_file(dir.join("plain.bin")).expect("remove");
     took
-}
-
-/// Minor page faults of this process so far.
-fn minor_faults() -> i64 {
-    // SAFETY: getrusage only writes the struct it is given.
-    unsafe {
-        let mut u: libc::rusage = std::mem::zeroed();
-        libc::getrusage(libc::RUSAGE_SELF, &mut u);
-        u.ru_minflt
-    }
-}
-
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "?".into())
 }
 
 type Side<'a> = (&'static str, Box<dyn FnMut() -> Duration + 'a>);

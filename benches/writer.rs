@@ -33,7 +33,7 @@ use candlelight::nn::Seq;
 use candlelight::{Recorder, Run, RunWriter};
 
 mod common;
-use common::{cpu_times, ms, Figure};
+use common::{cpu_times, loadavg, ms, Figure};
 
 const BATCH: usize = 64;
 
@@ -80,13 +80,6 @@ fn clear(dir: &Path) {
     for e in std::fs::read_dir(dir).expect("read runs folder") {
         std::fs::remove_file(e.expect("entry").path()).expect("remove run file");
     }
-}
-
-/// The load average over 1, 5 and 15 minutes.
-fn load() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "?".into())
 }
 
 struct Times {
@@ -183,13 +176,13 @@ fn main() -> Result<()> {
     if std::env::args().any(|a| a == "--phases") {
         return phases(&run, dir.path(), o.passes);
     }
-    let load_before = load();
+    let load_before = loadavg();
     for round in 0..o.rounds {
         for k in 0..4 {
             side((round + k) % 4, &o, &model, &x, &run, dir.path(), &mut t);
         }
     }
-    let load_after = load();
+    let load_after = loadavg();
     report(&o, &t, file_bytes, [load_before, load_after]);
     Ok(())
 }

@@ -60,15 +60,31 @@ pub fn atomic_write(dir: &Path, bytes: &[u8]) {
         .expect("sync dir");
 }
 
-/// CPU time of this process so far (every thread), user and system, from
-/// `getrusage`.
-pub fn cpu_times() -> (Duration, Duration) {
-    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+/// `getrusage(RUSAGE_SELF)`: this process, every thread, so far.
+pub fn rusage() -> libc::rusage {
     // SAFETY: getrusage only writes the struct it is given.
-    let u = unsafe {
+    unsafe {
         let mut u: libc::rusage = std::mem::zeroed();
         libc::getrusage(libc::RUSAGE_SELF, &mut u);
         u
-    };
+    }
+}
+
+/// Minor page faults of this process (every thread) so far.
+pub fn minor_faults() -> i64 {
+    rusage().ru_minflt
+}
+
+/// CPU time of this process so far (every thread), user and system.
+pub fn cpu_times() -> (Duration, Duration) {
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    let u = rusage();
     (tv(u.ru_utime), tv(u.ru_stime))
+}
+
+/// The load average over 1, 5 and 15 minutes.
+pub fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "?".into())
 }
