@@ -42,7 +42,7 @@ fn model_dir() -> Option<PathBuf> {
 
 /// The PyTorch run of SENTENCE, recorded once per test process.
 fn torch_run(dir: &Path) -> Option<&'static Path> {
-    static RUN: OnceLock<Result<(tempfile::TempDir, PathBuf), String>> = OnceLock::new();
+    static RUN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     let got = RUN.get_or_init(|| {
         let py = std::env::var("CANDLELIGHT_PYTHON").unwrap_or_else(|_| "python3".into());
         let probe = Command::new(&py)
@@ -51,8 +51,12 @@ fn torch_run(dir: &Path) -> Option<&'static Path> {
         if !probe.is_ok_and(|o| o.status.success()) {
             return Err(format!("{py} cannot import torch, transformers"));
         }
-        let tmp = tempfile::tempdir().unwrap();
-        let out = tmp.path().join("torch.safetensors");
+        // One fixed file under cargo's scratch folder for tests, rewritten by
+        // each run: a static is never dropped, so a temporary folder would
+        // outlive every test process.
+        let tmp = Path::new(env!("CARGO_TARGET_TMPDIR")).join("minilm-torch");
+        std::fs::create_dir_all(&tmp).unwrap();
+        let out = tmp.join("torch.safetensors");
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/candlelight_hf.py");
         let o = Command::new(&py)
             .arg(&script)
@@ -68,10 +72,10 @@ fn torch_run(dir: &Path) -> Option<&'static Path> {
             "candlelight_hf.py failed: {}",
             String::from_utf8_lossy(&o.stderr)
         );
-        Ok((tmp, out))
+        Ok(out)
     });
     match got {
-        Ok((_, p)) => Some(p.as_path()),
+        Ok(p) => Some(p.as_path()),
         Err(why) => skip(why).map(|_| unreachable!()),
     }
 }

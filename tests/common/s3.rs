@@ -151,7 +151,11 @@ impl Moto {
         );
         let mut args = vec!["watch", &runs, "--out", &out, "-j", "2"];
         args.extend(more);
+        let scratch = log.parent().expect("the log lies in the test's folder");
         self.candlelight(&args)
+            // The daemon's scratch folder goes with the test's, even when the
+            // test kills it (a killed daemon cannot remove its own).
+            .env("TMPDIR", scratch)
             .stdout(std::process::Stdio::null())
             .stderr(std::fs::File::create(log).expect("create the daemon's log"))
             .spawn()
