@@ -248,6 +248,7 @@ fn main() -> anyhow::Result<()> {
         "  now / plain mapped pass: {:.2} (per round; goal >= 0.3)",
         1.0 / t_new.ratio(&t_plain)[2]
     );
+    cards(&run, dir.path(), &plain, rounds)?;
     let (t_stats, _) = time(rounds, || {
         run.layers()
             .iter()
@@ -295,6 +296,111 @@ fn main() -> anyhow::Result<()> {
     );
     copies(&run, &map, rounds.max(3) * 2)?;
     println!("load after: {}", uptime());
+    Ok(())
+}
+
+/// A gallery card's work on every layer (statistics, 64-bin histogram, picture):
+/// the separate reads of before against `scan_layer`, with the summaries a saved
+/// run stores (one read) and without (the run as written, two reads), beside the
+/// plain mapped pass, all in each round.
+fn cards(
+    run: &Run,
+    dir: &Path,
+    plain: &(dyn Fn() -> f32 + Sync),
+    rounds: usize,
+) -> anyhow::Result<()> {
+    // The same run saved by candlelight: its header has every layer's statistics.
+    let saved = Run::open(run.save(dir.join("saved"))?)?;
+    read_all(saved.path().expect("a file"))?;
+    let opts = RenderOptions {
+        labels: true,
+        ..RenderOptions::default()
+    };
+    let separate = |r: &Run| -> Vec<(Stats, Vec<u64>, usize)> {
+        let each = |l: &candlelight::LayerInfo| {
+            let d = r.data_at(l.index).unwrap();
+            let s = Stats::of(&d);
+            let p = render::render(&d, &l.shape, &opts).unwrap();
+            let h = Histogram::of(&d, &s, 64);
+            (s, h.counts, p.values.len())
+        };
+        r.layers().iter().map(each).collect()
+    };
+    let scan = |r: &Run| -> Vec<(Stats, Vec<u64>, usize)> {
+        let each = |l: &candlelight::LayerInfo| {
+            let d = r.data_at(l.index).unwrap();
+            let hint = r.summary_at(l.index).and_then(|s| s.stats);
+            let c = render::scan_layer(&d, &l.shape, &opts, 64, hint.as_ref(), true).unwrap();
+            (c.stats, c.histogram.counts, c.picture.unwrap().values.len())
+        };
+        r.layers().iter().map(each).collect()
+    };
+    let (mut tp, mut ts, mut t1, mut t2) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut a, mut b, mut c) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        tp.push(time(1, plain).0 .0[0]);
+        let (t, r) = time(1, || separate(run));
+        ts.push(t.0[0]);
+        a = r;
+        let (t, r) = time(1, || scan(&saved));
+        t1.push(t.0[0]);
+        b = r;
+        let (t, r) = time(1, || scan(run));
+        t2.push(t.0[0]);
+        c = r;
+    }
+    for ((x, y), z) in a.iter().zip(&b).zip(&c) {
+        anyhow::ensure!(x.0 == y.0 && x.0 == z.0, "statistics differ");
+        anyhow::ensure!(x.1 == y.1 && x.1 == z.1, "histograms differ");
+        anyhow::ensure!(x.2 == y.2 && x.2 == z.2, "pictures differ");
+    }
+    let (tp, ts, t1, t2) = (Figure(tp), Figure(ts), Figure(t1), Figure(t2));
+    let bytes = run.data_bytes();
+    let g = |f: &Figure| (gbs(bytes, f.min()), gbs(bytes, f.median()));
+    println!("gallery card work (stats + histogram + picture of every layer):");
+    println!(
+        "  separate reads (before):        {:.2} GB/s best, {:.2} median",
+        g(&ts).0,
+        g(&ts).1
+    );
+    println!(
+        "  one read (scan_layer, stored summaries): {:.2} GB/s best, {:.2} median (goal >= 5); \
+         {:.2} of the plain mapped pass (per round; goal >= 0.3); {:.2}x before",
+        g(&t1).0,
+        g(&t1).1,
+        1.0 / t1.ratio(&tp)[2],
+        1.0 / t1.ratio(&ts)[2]
+    );
+    println!(
+        "  scan_layer without summaries (two reads): {:.2} GB/s best, {:.2} median; {:.2}x before",
+        g(&t2).0,
+        g(&t2).1,
+        1.0 / t2.ratio(&ts)[2]
+    );
+    if let Some(bin) = option_env!("CARGO_BIN_EXE_candlelight") {
+        let (t_show, ok) = time(rounds, || {
+            std::process::Command::new(bin)
+                .arg("show")
+                .arg(saved.path().expect("a file"))
+                .stdout(std::process::Stdio::null())
+                .status()
+                .map(|s| s.success())
+        });
+        anyhow::ensure!(ok?, "candlelight show failed");
+        println!(
+            "candlelight show of the saved run (header summaries): {:.1} ms best",
+            ms(t_show.min())
+        );
+    }
+    Ok(())
+}
+
+/// Reads a file once (into the page cache: a save with direct I/O leaves it out).
+fn read_all(path: &Path) -> anyhow::Result<()> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path)?;
+    let mut buf = vec![0u8; 1 << 20];
+    while f.read(&mut buf)? > 0 {}
     Ok(())
 }
 

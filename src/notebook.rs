@@ -25,8 +25,8 @@ use minijinja::{context, Value};
 
 use crate::gallery::Manifest;
 use crate::pages::{fmt_num, page};
+use crate::render::render_histogram;
 use crate::render::{encode_png, render, Colormap, RenderOptions, Scale};
-use crate::render::{render_histogram, Histogram};
 use crate::runfile::{shape_str, Run};
 use crate::stats::Stats;
 use crate::values::LayerData;
@@ -172,6 +172,7 @@ impl Run {
             &l.dtype.to_string(),
             &data,
             &opts,
+            self.summary_at(l.index).and_then(|s| s.stats).as_ref(),
         )
     }
 
@@ -196,14 +197,15 @@ fn layer_html(
     dtype: &str,
     data: &LayerData<'_>,
     opts: &RenderOptions,
+    hint: Option<&Stats>,
 ) -> Result<Html> {
-    let stats = Stats::of(data);
     let opts = &RenderOptions {
         labels: true,
         ..opts.clone()
     };
-    let pic = render(data, shape, opts)?;
-    let hist = Histogram::of(data, &stats, 64);
+    // Statistics, histogram and picture in one read (see `render::scan_layer`).
+    let scan = crate::render::scan_layer(data, shape, opts, 64, hint, false)?;
+    let (stats, hist, pic) = (scan.stats, scan.histogram, scan.picture?);
     let bars = crate::gallery::bars::bars(data, shape, opts.sample);
     data.check()?;
     let hist_img = render_histogram(&hist, pic.colormap, 480, 110);
@@ -303,6 +305,7 @@ impl Show {
             &dtype,
             &data,
             &self.opts,
+            None,
         )
     }
 

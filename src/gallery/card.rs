@@ -14,7 +14,6 @@ use crate::pages::{fmt_bytes, fmt_num, layer_file_stem, page};
 use crate::render::{self, Colormap, Histogram, LayoutKind, Picture, RenderOptions};
 use crate::runfile::LayerInfo;
 use crate::staging::absolute;
-use crate::values::LayerData;
 use crate::{Activity, Error, Result, Run, Stats};
 
 #[derive(Debug, Default, Serialize)]
@@ -139,31 +138,30 @@ pub(super) fn render_card(
             return Ok(card);
         }
     };
-    let stats = Stats::of(&data);
-    data.check()?;
-    card.set_stats(stats);
-    if stats.min.is_finite() {
-        card.activity = Activity::of(&data, &l.shape, stats.min);
-        data.check()?;
-        card.inactive = card.activity.as_ref().and_then(Activity::describe);
-    }
     let mut ropts = sample_options(&opts.render, &l.shape);
     if ropts.tokens.is_none() {
         ropts.tokens = run.info().tokens();
     }
     card.sample = ropts.sample;
+    // Statistics, histogram, never-active units and the picture in one read.
+    let hint = run.summary_at(l.index).and_then(|s| s.stats);
+    let scan = render::scan_layer(&data, &l.shape, &ropts, HIST_BINS, hint.as_ref(), true)?;
+    let stats = scan.stats;
+    card.set_stats(stats);
+    if stats.min.is_finite() {
+        card.inactive = scan.activity.as_ref().and_then(Activity::describe);
+        card.activity = scan.activity;
+    }
     card.bars = super::bars::bars(&data, &l.shape, ropts.sample);
     data.check()?;
-    let picture = render::render(&data, &l.shape, &ropts);
-    data.check()?;
-    let pic = match picture {
+    let pic = match scan.picture {
         Ok(pic) => pic,
         Err(e) => {
             card.error = Some(e.to_string());
             return Ok(card);
         }
     };
-    card.set_picture(&data, &pic, &stats, &ropts, dir)?;
+    card.set_picture(&pic, scan.histogram, &ropts, dir)?;
     card.caption = render::caption_with_axes(&card.caption, &l.shape, l.kind.as_deref(), &ropts);
     let rel = card.picture.clone().unwrap_or_default();
     card.add_sample(run, &pic, rel, card.bars.clone(), budget);
@@ -289,9 +287,8 @@ impl Card {
     /// Writes the picture and the histogram into `dir/layers/` and describes them.
     fn set_picture(
         &mut self,
-        data: &LayerData<'_>,
         pic: &Picture,
-        stats: &Stats,
+        hist: Histogram,
         ropts: &RenderOptions,
         dir: &Path,
     ) -> Result<()> {
@@ -318,8 +315,6 @@ impl Card {
             LayoutKind::Folded => 1,
             LayoutKind::Empty => 0,
         };
-        let hist = Histogram::of(data, stats, HIST_BINS);
-        data.check()?;
         let himg = render::render_histogram(&hist, pic.colormap, HIST_SIZE.0, HIST_SIZE.1);
         let hrel = format!("layers/{stem}.hist.png");
         write(&dir.join(&hrel), &render::encode_png(&himg)?)?;

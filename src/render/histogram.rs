@@ -64,7 +64,7 @@ impl Histogram {
 const BIN_BLOCK: usize = 64;
 
 /// Counts of one chunk (with AVX2 where the CPU has it).
-fn bin_chunk(values: &[f32], lo: f64, scale: f64, bins: usize) -> Vec<u64> {
+pub(super) fn bin_chunk(values: &[f32], lo: f64, scale: f64, bins: usize) -> Vec<u64> {
     #[cfg(target_arch = "x86_64")]
     if std::is_x86_feature_detected!("avx2") {
         // SAFETY: the CPU supports AVX2 (checked just above).

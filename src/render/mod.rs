@@ -34,6 +34,7 @@ mod colormap;
 mod histogram;
 mod labels;
 mod layout;
+mod scan;
 
 use candle_core::Tensor;
 use image::RgbImage;
@@ -44,6 +45,7 @@ pub use histogram::{render_histogram, Histogram};
 pub use labels::{caption_with_axes, TOKEN_CHARS};
 pub(crate) use labels::{number_cells, sample_tokens, token_axes, token_margins, widest_label};
 pub use layout::{layout, Axis, Cell, Layout, LayoutKind, Spot, EMPTY_SIDE};
+pub use scan::{scan_layer, CardScan};
 
 use layout::checked_len;
 pub(crate) use layout::BLANK;
@@ -236,32 +238,51 @@ pub fn render(data: &LayerData<'_>, shape: &[usize], opts: &RenderOptions) -> Re
 }
 
 fn draw(data: &LayerData<'_>, shape: &[usize], opts: &RenderOptions) -> Result<Picture> {
+    let layout = picture_layout(data.len(), shape, opts)?;
+    // 1. Read each tile, reduced to what the picture shows.
+    let reduced: Vec<Vec<f32>> = if layout.kind == LayoutKind::Empty {
+        Vec::new()
+    } else {
+        (0..layout.tiles)
+            .into_par_iter()
+            .map(|t| reduce_tile(data, &layout, layout.offset + t * layout.tile_len))
+            .collect()
+    };
+    Ok(finish(shape, opts, layout, reduced))
+}
+
+/// The layout of a picture of `len` values of `shape` (`opts.scale` resolved).
+pub(crate) fn picture_layout(len: usize, shape: &[usize], opts: &RenderOptions) -> Result<Layout> {
     let n = checked_len(shape)?;
-    if n != data.len() {
+    if n != len {
         return Err(Error::render(format!(
-            "shape {} has {n} elements but the data has {}",
+            "shape {} has {n} elements but the data has {len}",
             crate::runfile::shape_str(shape),
-            data.len()
         )));
     }
-    let layout = layout(shape, opts)?;
+    layout(shape, opts)
+}
+
+/// The picture of the reduced tiles (one `Vec` per tile of `layout`, see
+/// [`reduce_tile`]): ranges, colours, labels.
+pub(crate) fn finish(
+    shape: &[usize],
+    opts: &RenderOptions,
+    layout: Layout,
+    reduced: Vec<Vec<f32>>,
+) -> Picture {
     let (w, h) = (layout.width as u32, layout.height as u32);
     if layout.kind == LayoutKind::Empty {
         let cm = opts.colormap.resolve(false);
-        return Ok(Picture {
+        return Picture {
             image: RgbImage::from_pixel(w, h, image::Rgb(SEPARATOR)),
             layout,
             colormap: cm,
             range: None,
             colour_range: None,
             values: Vec::new(),
-        });
+        };
     }
-    // 1. Read each tile, reduced to what the picture shows.
-    let reduced: Vec<Vec<f32>> = (0..layout.tiles)
-        .into_par_iter()
-        .map(|t| reduce_tile(data, &layout, layout.offset + t * layout.tile_len))
-        .collect();
     // 2. Ranges.
     let ranges: Vec<Option<(f32, f32)>> = reduced.par_iter().map(|v| finite_range(v)).collect();
     let range = ranges
@@ -296,7 +317,7 @@ fn draw(data: &LayerData<'_>, shape: &[usize], opts: &RenderOptions) -> Result<P
     if opts.labels {
         labels::number_cells(&mut image, &layout);
     }
-    Ok(Picture {
+    Picture {
         image,
         layout,
         colormap: cm,
@@ -305,7 +326,7 @@ fn draw(data: &LayerData<'_>, shape: &[usize], opts: &RenderOptions) -> Result<P
             .then_some(shared)
             .flatten(),
         values: reduced,
-    })
+    }
 }
 
 /// Values of one tile, reduced by the layout's axes: finite means, NaN where a

@@ -28,13 +28,10 @@ impl Activity {
     /// The units of a layer of `shape` whose smallest value is `min`; `None` when
     /// the layer has negative values, no unit axis (rank < 2) or nothing in it.
     pub fn of(data: &LayerData<'_>, shape: &[usize], min: f64) -> Option<Activity> {
-        let n: usize = shape.iter().product();
-        if shape.len() < 2 || n == 0 || min.is_nan() || min < 0.0 {
+        if min.is_nan() || min < 0.0 {
             return None;
         }
-        let axis = if shape.len() >= 4 { 1 } else { shape.len() - 1 };
-        let units = shape[axis];
-        let inner: usize = shape[axis + 1..].iter().product();
+        let (axis, units, inner) = Activity::units(shape)?;
         let active = data.par_fold(
             || vec![false; units],
             |mut active, start, c| {
@@ -46,17 +43,33 @@ impl Activity {
                 a
             },
         );
-        Some(Activity {
+        Some(Activity::from_flags(shape, axis, &active))
+    }
+
+    /// The unit axis of `shape`, its number of units and the values per unit run
+    /// (`inner`); `None` for ranks below 2 and empty layers.
+    pub(crate) fn units(shape: &[usize]) -> Option<(usize, usize, usize)> {
+        let n: usize = shape.iter().product();
+        if shape.len() < 2 || n == 0 {
+            return None;
+        }
+        let axis = if shape.len() >= 4 { 1 } else { shape.len() - 1 };
+        Some((axis, shape[axis], shape[axis + 1..].iter().product()))
+    }
+
+    /// The verdict from one flag per unit of `axis` (true: some value positive).
+    pub(crate) fn from_flags(shape: &[usize], axis: usize, active: &[bool]) -> Activity {
+        Activity {
             axis,
             unit: if shape.len() >= 4 {
                 "channels"
             } else {
                 "units"
             },
-            units,
+            units: active.len(),
             samples: shape[0],
-            never_active: (0..units).filter(|&u| !active[u]).collect(),
-        })
+            never_active: (0..active.len()).filter(|&u| !active[u]).collect(),
+        }
     }
 
     /// `3 of 64 channels never active across 10 samples`, or `None` when all fired.
@@ -79,7 +92,7 @@ impl Activity {
 
 /// Marks the units (runs of `inner` values, `active.len()` units cycling) of the
 /// values `c`, elements `start..` of the layer, that hold a positive value.
-fn mark_active(active: &mut [bool], inner: usize, start: usize, c: &[f32]) {
+pub(crate) fn mark_active(active: &mut [bool], inner: usize, start: usize, c: &[f32]) {
     let units = active.len();
     let (mut u, mut off, mut i) = ((start / inner) % units, start % inner, 0);
     while i < c.len() {

@@ -22,6 +22,16 @@ impl LayerData<'_> {
     /// when the values are f32 in memory); the results come back in chunk order.
     /// Read failures are latched as for [`LayerData::read_into`].
     pub(crate) fn par_chunks<R: Send>(&self, f: impl Fn(usize, &[f32]) -> R + Sync) -> Vec<R> {
+        self.par_chunks_in(0..self.len.div_ceil(SCAN_CHUNK), f)
+    }
+
+    /// [`LayerData::par_chunks`] over chunks `ks` only (chunk `k` starts at element
+    /// `k * SCAN_CHUNK`), for a scan that merges its results batch by batch.
+    pub(crate) fn par_chunks_in<R: Send>(
+        &self,
+        ks: std::ops::Range<usize>,
+        f: impl Fn(usize, &[f32]) -> R + Sync,
+    ) -> Vec<R> {
         let n = self.len;
         let one = |buf: &mut Vec<f32>, k: usize| {
             let start = k * SCAN_CHUNK;
@@ -35,15 +45,12 @@ impl LayerData<'_> {
             self.read_into(start, &mut buf[..len]);
             f(start, &buf[..len])
         };
-        let chunks = n.div_ceil(SCAN_CHUNK);
-        if chunks <= 1 {
+        let ks = ks.start..ks.end.min(n.div_ceil(SCAN_CHUNK));
+        if ks.len() <= 1 {
             let mut buf = Vec::new();
-            return (0..chunks).map(|k| one(&mut buf, k)).collect();
+            return ks.map(|k| one(&mut buf, k)).collect();
         }
-        (0..chunks)
-            .into_par_iter()
-            .map_init(Vec::new, one)
-            .collect()
+        ks.into_par_iter().map_init(Vec::new, one).collect()
     }
 
     /// Folds every chunk of [`SCAN_CHUNK`] elements into per-thread accumulators made
