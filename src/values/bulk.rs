@@ -32,25 +32,50 @@ impl LayerData<'_> {
         ks: std::ops::Range<usize>,
         f: impl Fn(usize, &[f32]) -> R + Sync,
     ) -> Vec<R> {
+        let ks = ks.start..ks.end.min(self.len.div_ceil(SCAN_CHUNK));
+        let items = vec![(); ks.len()];
+        self.par_chunks_with(ks.start, items, |start, c, ()| f(start, c))
+    }
+
+    /// [`LayerData::par_chunks_in`] with an item of the caller's per chunk: item
+    /// `i` goes with chunk `k0 + i` (`f(start, values, item)`), e.g. the part of an
+    /// output that only this chunk writes.
+    pub(crate) fn par_chunks_with<T: Send, R: Send>(
+        &self,
+        k0: usize,
+        items: Vec<T>,
+        f: impl Fn(usize, &[f32], T) -> R + Sync,
+    ) -> Vec<R> {
         let n = self.len;
-        let one = |buf: &mut Vec<f32>, k: usize| {
-            let start = k * SCAN_CHUNK;
+        let one = |buf: &mut Vec<f32>, (i, item): (usize, T)| {
+            let start = (k0 + i) * SCAN_CHUNK;
             let len = SCAN_CHUNK.min(n - start);
             if let Some(s) = self.f32_slice(start, len) {
-                return f(start, s);
+                return f(start, s, item);
             }
             if buf.len() < len {
                 buf.resize(len, 0.0);
             }
             self.read_into(start, &mut buf[..len]);
-            f(start, &buf[..len])
+            f(start, &buf[..len], item)
         };
-        let ks = ks.start..ks.end.min(n.div_ceil(SCAN_CHUNK));
-        if ks.len() <= 1 {
+        assert!(
+            k0 + items.len() <= n.div_ceil(SCAN_CHUNK),
+            "chunks past the layer"
+        );
+        if items.len() <= 1 {
             let mut buf = Vec::new();
-            return ks.map(|k| one(&mut buf, k)).collect();
+            return items
+                .into_iter()
+                .enumerate()
+                .map(|x| one(&mut buf, x))
+                .collect();
         }
-        ks.into_par_iter().map_init(Vec::new, one).collect()
+        items
+            .into_par_iter()
+            .enumerate()
+            .map_init(Vec::new, one)
+            .collect()
     }
 
     /// Folds every chunk of [`SCAN_CHUNK`] elements into per-thread accumulators made

@@ -79,6 +79,12 @@ impl Acc {
         }
     }
 
+    /// Whether every value counted is finite.
+    #[cfg_attr(not(feature = "render"), allow(dead_code))]
+    pub(crate) fn all_finite(&self) -> bool {
+        self.finite == self.n
+    }
+
     pub(crate) fn finish(self) -> Stats {
         let none = self.finite == 0;
         Stats {
