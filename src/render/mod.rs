@@ -402,14 +402,29 @@ fn reduce_tile_into(data: &LayerData<'_>, l: &Layout, start: usize, out: &mut [f
 
 /// Smallest and largest finite value, if any.
 pub(crate) fn finite_range(v: &[f32]) -> Option<(f32, f32)> {
-    let mut r: Option<(f32, f32)> = None;
-    for &x in v.iter().filter(|x| x.is_finite()) {
-        r = Some(match r {
-            None => (x, x),
-            Some((a, b)) => (a.min(x), b.max(x)),
-        });
+    // Branch-free in lanes: a non-finite value counts as +inf for the min and
+    // -inf for the max (so it never wins).
+    const L: usize = 16;
+    let (mut lo, mut hi) = ([f32::INFINITY; L], [f32::NEG_INFINITY; L]);
+    let lanes = v.chunks_exact(L);
+    let tail = lanes.remainder();
+    for c in lanes {
+        for j in 0..L {
+            let ok = c[j].abs() <= f32::MAX;
+            let a = if ok { c[j] } else { f32::INFINITY };
+            let b = if ok { c[j] } else { f32::NEG_INFINITY };
+            lo[j] = if a < lo[j] { a } else { lo[j] };
+            hi[j] = if b > hi[j] { b } else { hi[j] };
+        }
     }
-    r
+    let mut r = (f32::INFINITY, f32::NEG_INFINITY);
+    for &x in tail.iter().filter(|x| x.is_finite()) {
+        r = (r.0.min(x), r.1.max(x));
+    }
+    for j in 0..L {
+        r = (r.0.min(lo[j]), r.1.max(hi[j]));
+    }
+    (r.0 <= r.1).then_some(r)
 }
 
 /// The `lo`-th and `hi`-th percentiles (nearest rank) of the finite values.
@@ -496,30 +511,34 @@ pub(crate) fn paint(layout: &Layout, tiles: &[&[f32]], maps: &[Mapping], cm: Col
     }
     let lut = cm.lut();
     let mut buf = vec![0u8; layout.width * layout.height * 3];
-    let band = (layout.cell_h + layout.separator) * layout.width * 3;
-    buf.par_chunks_mut(band).enumerate().for_each(|(gr, band)| {
-        paint_band(band, gr, layout, tiles, maps, lut);
-    });
+    // Rows of pixels in parallel (a picture of one big map is one grid row).
+    buf.par_chunks_mut((layout.width * 3).max(1))
+        .enumerate()
+        .for_each(|(y, row)| paint_row(row, y, layout, tiles, maps, lut));
     RgbImage::from_raw(w, h, buf).expect("buffer sized for the picture")
 }
 
-/// Paints grid row `gr` (its cells and the separator below) into `band`.
-fn paint_band(
-    band: &mut [u8],
-    gr: usize,
+/// Paints pixel row `y`: the cells' colours where it crosses a row of reduced
+/// values, the separator colour elsewhere.
+fn paint_row(
+    row: &mut [u8],
+    y: usize,
     l: &Layout,
     reduced: &[&[f32]],
     maps: &[Mapping],
     lut: &[[u8; 3]; colormap::LUT_SIZE],
 ) {
-    let stride = l.width * 3;
-    let sep_px = SEPARATOR;
-    for px in band.chunks_exact_mut(3) {
-        px.copy_from_slice(&sep_px);
+    for px in row.chunks_exact_mut(3) {
+        px.copy_from_slice(&SEPARATOR);
     }
+    let span = l.cell_h + l.separator;
+    let (gr, yy) = (y / span.max(1), y % span.max(1));
     let rw = l.tile_w.div_ceil(l.x.down);
     let rh = l.tile_h.div_ceil(l.y.down);
-    let mut line = vec![0u8; l.cell_w * 3];
+    let ry = yy / l.y.zoom.max(1);
+    if yy >= l.cell_h || ry >= rh {
+        return;
+    }
     for gc in 0..l.cols {
         let t = gr * l.cols + gc;
         if t >= l.tiles {
@@ -527,19 +546,12 @@ fn paint_band(
         }
         let x0 = gc * (l.cell_w + l.separator) * 3;
         let (vals, map) = (reduced[t], maps[t]);
-        for ry in 0..rh {
-            let row = &vals[ry * rw..(ry + 1) * rw];
-            for (rx, &v) in row.iter().enumerate() {
-                let c = map.color(v, lut);
-                let seg = &mut line[rx * l.x.zoom * 3..(rx + 1) * l.x.zoom * 3];
-                for px in seg.chunks_exact_mut(3) {
-                    px.copy_from_slice(&c);
-                }
-            }
-            for k in 0..l.y.zoom {
-                let y = ry * l.y.zoom + k;
-                let o = y * stride + x0;
-                band[o..o + line.len()].copy_from_slice(&line);
+        let zx = l.x.zoom * 3;
+        let out = &mut row[x0..x0 + rw * zx];
+        for (seg, &v) in out.chunks_exact_mut(zx).zip(&vals[ry * rw..(ry + 1) * rw]) {
+            let c = map.color(v, lut);
+            for px in seg.chunks_exact_mut(3) {
+                px.copy_from_slice(&c);
             }
         }
     }

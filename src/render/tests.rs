@@ -189,3 +189,72 @@ fn cells_and_locate_agree_with_the_painted_grid() {
     assert!(l.locate(cells[1].x - 1, cells[1].y).is_none());
     assert!(l.locate(l.width - 1, l.height - 1).is_none());
 }
+
+#[test]
+fn pictures_are_painted_cell_by_cell_with_separators() {
+    // A reference painter, pixel by pixel, against `paint` (rows in parallel):
+    // 7 maps of 5×3 in a grid with an empty slot, enlarged.
+    let shape = [1, 7, 5, 3];
+    let o = RenderOptions {
+        min_cell: 20,
+        ..opts()
+    };
+    let values: Vec<f32> = (0..105).map(|i| ((i * 37) % 23) as f32 - 11.0).collect();
+    let data = LayerData::from_f32(values.clone());
+    let pic = render(&data, &shape, &o).unwrap();
+    let l = &pic.layout;
+    assert!(
+        l.y.zoom > 1 && l.x.zoom > 1 && l.rows * l.cols > l.tiles,
+        "{l:?}"
+    );
+    let lut = pic.colormap.lut();
+    let (own, all): (Vec<_>, Vec<_>) = pic
+        .values
+        .iter()
+        .map(|t| finite_range(t))
+        .map(|r| (r, r))
+        .unzip();
+    let all = all
+        .into_iter()
+        .flatten()
+        .reduce(|a, b| (a.0.min(b.0), a.1.max(b.1)));
+    for y in 0..l.height {
+        for x in 0..l.width {
+            let (gr, yy) = (y / (l.cell_h + l.separator), y % (l.cell_h + l.separator));
+            let (gc, xx) = (x / (l.cell_w + l.separator), x % (l.cell_w + l.separator));
+            let t = gr * l.cols + gc;
+            let want = if yy >= l.cell_h || xx >= l.cell_w || t >= l.tiles {
+                SEPARATOR
+            } else {
+                let v = pic.values[t][(yy / l.y.zoom) * 3 + xx / l.x.zoom];
+                Mapping::new(pic.colormap, own[t], all).color(v, lut)
+            };
+            assert_eq!(
+                pic.image.get_pixel(x as u32, y as u32).0,
+                want,
+                "({x}, {y})"
+            );
+        }
+    }
+}
+
+#[test]
+fn finite_ranges_skip_nan_inf_and_blank() {
+    let naive = |v: &[f32]| {
+        let f: Vec<f32> = v.iter().copied().filter(|x| x.is_finite()).collect();
+        (!f.is_empty()).then(|| {
+            let lo = f.iter().copied().fold(f32::INFINITY, f32::min);
+            (lo, f.iter().copied().fold(f32::NEG_INFINITY, f32::max))
+        })
+    };
+    for n in [0, 1, 15, 16, 17, 100] {
+        for bad in [f32::NAN, f32::INFINITY, BLANK] {
+            let mut v: Vec<f32> = (0..n).map(|i| (i as f32 * 0.7).sin() * 3.0).collect();
+            for i in (0..n).step_by(3) {
+                v[i] = bad;
+            }
+            assert_eq!(finite_range(&v), naive(&v), "{n} {bad}");
+            assert_eq!(finite_range(&vec![bad; n]), None);
+        }
+    }
+}
