@@ -79,35 +79,23 @@ unsafe fn bin_avx2(values: &[f32], lo: f64, scale: f64, bins: usize) -> Vec<u64>
     bin_lanes(values, lo, scale, bins)
 }
 
-/// Most bins taken from f32 arithmetic: up to this many bins (see `bin_lanes`).
-const F32_BINS: usize = 4096;
-
-/// The bin of each value of a block is computed branch-free in lanes (non-finite
+/// The bin of each value of a block is computed branch-free in f64 lanes (non-finite
 /// values get the spare slot `bins`), then counted into four tables in turn (so
-/// consecutive equal bins do not wait on each other).
-///
-/// The bins are those of the f64 formula `⌊(v − lo) · scale⌋`. With at most
-/// [`F32_BINS`] bins and `lo` an f32 value (the min of f32, f16 or bf16 data), the
-/// lanes compute it in f32, twice as many at once: `v − lo` is exact or rounded
-/// by at most 2^-24 relative, the product adds two more roundings, so the f32
-/// position is within 3·2^-24·|p| of the f64 one, less than `eps = 8·2^-24·bins`
-/// for every position in range; a value whose f32 position lies within `eps` of
-/// a bin edge (about 2·eps of them, 6e-5 with 64 bins) is recomputed in f64.
+/// consecutive equal bins do not wait on each other). (Computing the bins in f32
+/// lanes, with values near an edge recomputed in f64, was tried: slower, the
+/// counting is what costs.)
 #[inline(always)]
 fn bin_lanes(values: &[f32], lo: f64, scale: f64, bins: usize) -> Vec<u64> {
     let mut counts = vec![0u64; bins];
-    let exact = |v: f32| (((v as f64 - lo) * scale) as usize).min(bins - 1);
     let slow = |v: f32, counts: &mut [u64]| {
         if v.is_finite() {
-            counts[exact(v)] += 1;
+            counts[(((v as f64 - lo) * scale) as usize).min(bins - 1)] += 1;
         }
     };
     if bins > 1 << 24 {
         values.iter().for_each(|&v| slow(v, &mut counts));
         return counts;
     }
-    let (lo32, scale32) = (lo as f32, scale as f32);
-    let f32_ok = bins <= F32_BINS && lo32 as f64 == lo && scale32.is_finite() && scale32 > 0.0;
     let (top, spare, stride) = ((bins - 1) as f64, bins as f64, bins + 1);
     let mut tables = vec![0u32; 4 * stride];
     let (t0, rest) = tables.split_at_mut(stride);
@@ -116,40 +104,16 @@ fn bin_lanes(values: &[f32], lo: f64, scale: f64, bins: usize) -> Vec<u64> {
     let mut idx = [0i32; BIN_BLOCK];
     let blocks = values.chunks_exact(BIN_BLOCK);
     let tail = blocks.remainder();
-    let (top32, spare32, eps) = (top as f32, spare as f32, bins as f32 * 2f32.powi(-21));
-    let mut edge = [false; BIN_BLOCK];
     for b in blocks {
         let b: &[f32; BIN_BLOCK] = b.try_into().expect("bin block");
-        if f32_ok {
-            for j in 0..BIN_BLOCK {
-                let x = b[j];
-                let p = (x - lo32) * scale32;
-                let f = p.floor();
-                let fr = p - f;
-                let finite = x.abs() <= f32::MAX;
-                // Near an edge, or no position (NaN fails both tests): f64 below.
-                edge[j] = finite & !(fr >= eps && fr <= 1.0 - eps);
-                let q = if f > 0.0 { f } else { 0.0 };
-                let q = if q < top32 { q } else { top32 };
-                let q = if finite { q } else { spare32 };
-                // SAFETY: `q` is finite and within [0, bins], and bins <= 2^24.
-                idx[j] = unsafe { q.to_int_unchecked::<i32>() };
-            }
-            if edge.iter().fold(false, |a, &e| a | e) {
-                for j in (0..BIN_BLOCK).filter(|&j| edge[j]) {
-                    idx[j] = exact(b[j]) as i32;
-                }
-            }
-        } else {
-            for j in 0..BIN_BLOCK {
-                let x = b[j];
-                let p = (x as f64 - lo) * scale;
-                let p = if p > 0.0 { p } else { 0.0 };
-                let p = if p < top { p } else { top };
-                let p = if x.abs() <= f32::MAX { p } else { spare };
-                // SAFETY: `p` is finite and within [0, bins], and bins <= 2^24.
-                idx[j] = unsafe { p.to_int_unchecked::<i32>() };
-            }
+        for j in 0..BIN_BLOCK {
+            let x = b[j];
+            let p = (x as f64 - lo) * scale;
+            let p = if p > 0.0 { p } else { 0.0 };
+            let p = if p < top { p } else { top };
+            let p = if x.abs() <= f32::MAX { p } else { spare };
+            // SAFETY: `p` is finite and within [0, bins], and bins <= 2^24.
+            idx[j] = unsafe { p.to_int_unchecked::<i32>() };
         }
         for q in idx.chunks_exact(4) {
             t0[q[0] as usize] += 1;
@@ -335,9 +299,9 @@ mod against_reference {
     use rand::Rng;
 
     #[test]
-    fn f32_bins_are_the_f64_bins_at_every_edge() {
+    fn lane_bins_are_the_formula_bins_at_every_edge() {
         // Values at and next to every bin edge of narrow, wide, offset and
-        // tiny ranges, plus random ones: the f32 lanes against the f64 formula.
+        // tiny ranges, plus random ones: the lanes against the scalar formula.
         let mut rng = rand::rngs::StdRng::seed_from_u64(15);
         for (lo, hi) in [
             (0f32, 1f32),
