@@ -260,16 +260,7 @@ fn main() -> anyhow::Result<()> {
         g(&t_stats).0,
         g(&t_stats).1
     );
-    if let Some(bin) = option_env!("CARGO_BIN_EXE_candlelight") {
-        let (t_show, ok) = time(rounds, || {
-            std::process::Command::new(bin)
-                .arg("show")
-                .arg(&path)
-                .stdout(std::process::Stdio::null())
-                .status()
-                .map(|s| s.success())
-        });
-        anyhow::ensure!(ok?, "candlelight show failed");
+    if let Some(t_show) = time_show(&path, rounds)? {
         println!(
             "candlelight show (binary): {:.1} ms best = {:.2} GB/s",
             ms(t_show.min()),
@@ -391,22 +382,30 @@ fn cards(
         g(&t3).1,
         1.0 / t3.ratio(&tp)[2]
     );
-    if let Some(bin) = option_env!("CARGO_BIN_EXE_candlelight") {
-        let (t_show, ok) = time(rounds, || {
-            std::process::Command::new(bin)
-                .arg("show")
-                .arg(saved.path().expect("a file"))
-                .stdout(std::process::Stdio::null())
-                .status()
-                .map(|s| s.success())
-        });
-        anyhow::ensure!(ok?, "candlelight show failed");
+    if let Some(t_show) = time_show(saved.path().expect("a file"), rounds)? {
         println!(
             "candlelight show of the saved run (header summaries): {:.1} ms best",
             ms(t_show.min())
         );
     }
     Ok(())
+}
+
+/// Times `candlelight show RUN` (the binary), when the bench was built with it.
+fn time_show(run: &Path, rounds: usize) -> anyhow::Result<Option<Figure>> {
+    let Some(bin) = option_env!("CARGO_BIN_EXE_candlelight") else {
+        return Ok(None);
+    };
+    let (t, ok) = time(rounds, || {
+        std::process::Command::new(bin)
+            .arg("show")
+            .arg(run)
+            .stdout(std::process::Stdio::null())
+            .status()
+            .map(|s| s.success())
+    });
+    anyhow::ensure!(ok?, "candlelight show failed");
+    Ok(Some(t))
 }
 
 /// Reads a file once (into the page cache: a save with direct I/O leaves it out).
