@@ -16,9 +16,10 @@
 //! the results deterministic: statistics bit-identical to [`Stats::of`] (the same
 //! chunks merged in the same order), histogram counts and never-active units
 //! identical. A picture cell's mean is the f64 sum of its finite values, as by
-//! [`super::render`], but added in another association (each row's block of a
-//! cell summed first, in lanes when wide; a cell straddling two chunks as two
-//! partial sums), so it may differ from `render`'s in the last bits of the f64
+//! [`super::render`], but added in another association (whole finite rows of a
+//! band of cells summed column by column first, in lanes, then each cell's
+//! columns; other rows a cell's block at a time; a cell straddling two chunks as
+//! two partial sums), so it may differ from `render`'s in the last bits of the f64
 //! before rounding to f32 (tested: within 1 ulp of f32).
 
 use safetensors::Dtype;
@@ -50,6 +51,39 @@ pub struct CardScan {
     pub reads: u32,
 }
 
+/// What one read of a layer gives before its picture is painted: the card's
+/// numbers and the picture's cells ([`CellScan::paint`] draws them).
+#[derive(Debug)]
+pub struct CellScan {
+    /// As [`Stats::of`].
+    pub stats: Stats,
+    /// As [`Histogram::of`] with `stats`.
+    pub histogram: Histogram,
+    /// As in [`CardScan`].
+    pub activity: Option<Activity>,
+    /// Reads of the layer it took.
+    pub reads: u32,
+    /// The picture's layout and reduced tiles (one `Vec` per tile), or why the
+    /// layer cannot be drawn.
+    pub cells: Result<(Layout, Vec<Vec<f32>>)>,
+    shape: Vec<usize>,
+    opts: RenderOptions,
+}
+
+impl CellScan {
+    /// Paints the picture of the cells (colours, labels): the card.
+    pub fn paint(self) -> CardScan {
+        let (shape, opts) = (self.shape, self.opts);
+        CardScan {
+            stats: self.stats,
+            histogram: self.histogram,
+            activity: self.activity,
+            picture: self.cells.map(|(l, r)| finish(&shape, &opts, l, r)),
+            reads: self.reads,
+        }
+    }
+}
+
 /// Scans `data` (of `shape`) once for its card: statistics, a histogram of `bins`
 /// bins, never-active units (when `units`) and the picture `opts` asks for.
 /// `hint` is what the run's header says the statistics are
@@ -64,6 +98,18 @@ pub fn scan_layer(
     hint: Option<&Stats>,
     units: bool,
 ) -> Result<CardScan> {
+    Ok(scan_cells(data, shape, opts, bins, hint, units)?.paint())
+}
+
+/// [`scan_layer`] up to the picture's cells, unpainted: the one read itself.
+pub fn scan_cells(
+    data: &LayerData<'_>,
+    shape: &[usize],
+    opts: &RenderOptions,
+    bins: usize,
+    hint: Option<&Stats>,
+    units: bool,
+) -> Result<CellScan> {
     let bins = bins.max(1);
     let mut o = opts.clone();
     o.scale = o.scale.resolve(shape);
@@ -117,20 +163,22 @@ pub fn scan_layer(
             a
         }
     };
-    let picture = layout.map(|l| {
+    let cells = layout.map(|l| {
         let reduced = match &plan.picture {
             Some(p) => totals.cells.tiles(p),
             None => Vec::new(),
         };
-        finish(shape, &o, l, reduced)
+        (l, reduced)
     });
     data.check()?;
-    Ok(CardScan {
+    Ok(CellScan {
         stats,
         histogram,
         activity,
-        picture,
         reads,
+        cells,
+        shape: shape.to_vec(),
+        opts: o,
     })
 }
 

@@ -47,6 +47,12 @@ impl Grid {
         self.tiles * self.per_tile
     }
 
+    /// Values of a tile shown in the band starting at cell `b`.
+    fn band_values(&self, b: usize) -> usize {
+        let first = (b % self.per_tile) / self.rw * self.dy * self.w;
+        (first + self.dy * self.w).min(self.shown) - first
+    }
+
     /// The first cell of the band (row of cells) holding element `j` of tile `t`.
     fn band(&self, t: usize, j: usize) -> usize {
         t * self.per_tile + j / self.w / self.dy * self.rw
@@ -119,6 +125,8 @@ impl Grid {
                 band: None,
                 sum: Vec::new(),
                 cnt: Vec::new(),
+                columns: None,
+                col: Vec::new(),
             }));
         }
         out
@@ -147,11 +155,18 @@ impl Grid {
             while j < jb {
                 let end = (j / self.w * self.w + self.w).min(jb);
                 let row = &values[ts + j - start..ts + end - start];
-                let (sum, cnt) = dest.band(self.band(t, j), self.rw);
-                add_row(row, j % self.w, self.dx, sum, cnt, finite);
+                let band = self.band(t, j);
+                if finite && end - j == self.w {
+                    dest.add_columns(band, row, self);
+                } else {
+                    dest.flush_columns(self);
+                    let (sum, cnt) = dest.band(band, self.rw);
+                    add_row(row, j % self.w, self.dx, sum, cnt, finite);
+                }
                 j = end;
             }
         }
+        dest.flush_columns(self);
         dest.flush();
     }
 }
@@ -190,48 +205,83 @@ fn add_row(row: &[f32], col: usize, dx: usize, sum: &mut [f64], cnt: &mut [u32],
         cnt[oc] += lead as u32;
         oc += 1;
     }
-    let body = &row[lead..];
-    let full = body.len() / dx;
-    let (sums, counts) = (&mut sum[oc..oc + full], &mut cnt[oc..oc + full]);
-    match dx {
-        1 => sums.iter_mut().zip(body).for_each(|(s, &v)| *s += v as f64),
-        2 => sums
-            .iter_mut()
-            .zip(body.chunks_exact(2))
-            .for_each(|(s, b)| *s += b[0] as f64 + b[1] as f64),
-        3 => sums
-            .iter_mut()
-            .zip(body.chunks_exact(3))
-            .for_each(|(s, b)| *s += b[0] as f64 + b[1] as f64 + b[2] as f64),
-        4 => sums
-            .iter_mut()
-            .zip(body.chunks_exact(4))
-            .for_each(|(s, b)| *s += (b[0] as f64 + b[1] as f64) + (b[2] as f64 + b[3] as f64)),
-        _ => sums
-            .iter_mut()
-            .zip(body.chunks_exact(dx))
-            .for_each(|(s, b)| *s += block_sum(b)),
-    }
-    counts.iter_mut().for_each(|c| *c += dx as u32);
-    let tail = &body[full * dx..];
-    if !tail.is_empty() {
-        sum[oc + full] += block_sum(tail);
-        cnt[oc + full] += tail.len() as u32;
-    }
+    collapse(&row[lead..], dx, |i, s, k| {
+        sum[oc + i] += s;
+        cnt[oc + i] += k;
+    });
 }
 
 /// The f64 sum of finite values, in four lanes.
-fn block_sum(b: &[f32]) -> f64 {
+fn block_sum<T: Copy + Into<f64>>(b: &[T]) -> f64 {
     let mut a = [0f64; 4];
     let quads = b.chunks_exact(4);
-    let tail = quads.remainder();
+    let t: f64 = quads.remainder().iter().map(|&v| v.into()).sum();
     for q in quads {
         for j in 0..4 {
-            a[j] += q[j] as f64;
+            a[j] += q[j].into();
         }
     }
-    let t: f64 = tail.iter().map(|&v| v as f64).sum();
     (a[0] + a[1]) + (a[2] + a[3]) + t
+}
+
+/// `acc[i] += row[i]` in f64 (with AVX-512 or AVX2 where the CPU has them).
+fn add_to_f64(acc: &mut [f64], row: &[f32]) {
+    #[inline(always)]
+    fn lanes(acc: &mut [f64], row: &[f32]) {
+        acc.iter_mut().zip(row).for_each(|(a, &v)| *a += v as f64);
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx512f")]
+        unsafe fn avx512(acc: &mut [f64], row: &[f32]) {
+            lanes(acc, row)
+        }
+        #[target_feature(enable = "avx2")]
+        unsafe fn avx2(acc: &mut [f64], row: &[f32]) {
+            lanes(acc, row)
+        }
+        if std::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU supports AVX-512F (checked just above).
+            return unsafe { avx512(acc, row) };
+        }
+        if std::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU supports AVX2 (checked just above).
+            return unsafe { avx2(acc, row) };
+        }
+    }
+    lanes(acc, row)
+}
+
+/// Calls `put(cell, sum, values)` for each cell of `dx` consecutive values of
+/// `row` (the last cell may be narrower), each cell's sum in f64.
+#[inline(always)]
+fn collapse<T: Copy + Into<f64>>(row: &[T], dx: usize, mut put: impl FnMut(usize, f64, u32)) {
+    let full = row.len() / dx;
+    let body = &row[..full * dx];
+    let f = |v: T| -> f64 { v.into() };
+    match dx {
+        1 => body.iter().enumerate().for_each(|(i, &v)| put(i, f(v), 1)),
+        2 => body
+            .chunks_exact(2)
+            .enumerate()
+            .for_each(|(i, b)| put(i, f(b[0]) + f(b[1]), 2)),
+        3 => body
+            .chunks_exact(3)
+            .enumerate()
+            .for_each(|(i, b)| put(i, f(b[0]) + f(b[1]) + f(b[2]), 3)),
+        4 => body
+            .chunks_exact(4)
+            .enumerate()
+            .for_each(|(i, b)| put(i, (f(b[0]) + f(b[1])) + (f(b[2]) + f(b[3])), 4)),
+        _ => body
+            .chunks_exact(dx)
+            .enumerate()
+            .for_each(|(i, b)| put(i, block_sum(b), dx as u32)),
+    }
+    let tail = &row[full * dx..];
+    if !tail.is_empty() {
+        put(full, block_sum(tail), tail.len() as u32);
+    }
 }
 
 /// Where one chunk adds its values: the means of the cells `lo..` only it
@@ -245,9 +295,58 @@ pub(super) struct Dest<'a> {
     band: Option<usize>,
     sum: Vec<f64>,
     cnt: Vec<u32>,
+    /// Whole finite rows of one band added column by column (`w` sums), before
+    /// they are added to the band's cells: the band's first cell and the rows.
+    columns: Option<(usize, u32)>,
+    col: Vec<f64>,
 }
 
 impl Dest<'_> {
+    /// Adds a whole row of finite values of the band starting at cell `b` to the
+    /// column sums (one f64 addition per value, in lanes; the cells' block sums
+    /// wait until the band's last row in the chunk).
+    fn add_columns(&mut self, b: usize, row: &[f32], g: &Grid) {
+        if self.columns.is_some_and(|(cb, _)| cb != b) {
+            self.flush_columns(g);
+        }
+        match &mut self.columns {
+            Some((_, rows)) => {
+                *rows += 1;
+                add_to_f64(&mut self.col, row);
+            }
+            None => {
+                self.columns = Some((b, 1));
+                self.col.clear();
+                self.col.extend(row.iter().map(|&v| v as f64));
+            }
+        }
+    }
+
+    /// Adds the column sums to their cells (`dx` columns each); a band of this
+    /// chunk's own that came whole in these rows gets its means written at once.
+    fn flush_columns(&mut self, g: &Grid) {
+        let Some((b, rows)) = self.columns.take() else {
+            return;
+        };
+        let col = std::mem::take(&mut self.col);
+        let own = b >= self.lo && b + g.rw <= self.lo + self.out.len();
+        if own && self.band != Some(b) && rows as usize * g.w == g.band_values(b) {
+            let at = b - self.lo;
+            let out = &mut self.out[at..at + g.rw];
+            // Finite values only, at least one per cell: `mean` without its cases.
+            collapse(&col, g.dx, |i, s, k| {
+                out[i] = (s / (rows * k) as f64) as f32
+            });
+        } else {
+            let (sum, cnt) = self.band(b, g.rw);
+            collapse(&col, g.dx, |i, s, k| {
+                sum[i] += s;
+                cnt[i] += rows * k;
+            });
+        }
+        self.col = col;
+    }
+
     /// The sums and counts of the `rw` cells of the band starting at cell `b`.
     fn band(&mut self, b: usize, rw: usize) -> (&mut [f64], &mut [u32]) {
         if b >= self.lo && b + rw <= self.lo + self.out.len() {

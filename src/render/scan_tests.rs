@@ -141,6 +141,11 @@ fn one_read_gives_what_the_separate_reads_gave() {
         (vec![1, 1 << 20], px(117_000)),
         (vec![1, 1 << 20], px(1 << 16)),
         (vec![1, 1000, 1000], px(40_000)),
+        // Folded with a short last row: its band's cells are summed over the
+        // whole rows and the short one (reduced by 2, 5 and 4).
+        (vec![1, 10_007], px(5_000)),
+        (vec![1, 33_333], px(2_000)),
+        (vec![1, 250_001], px(20_000)),
         (vec![0, 4], RenderOptions::default()),
         (vec![1], RenderOptions::default()),
     ];

@@ -1,17 +1,19 @@
 //! The statistics kernel: one loop over a chunk (min, max, counts, shifted sums)
-//! in f32 lanes that the compiler vectorises (AVX2 when the CPU has it), blocks of
+//! in f32 lanes that the compiler vectorises (16 lanes with AVX-512, 8 with AVX2
+//! or SSE; the association of the f32 block sums, hence the last bits of mean
+//! and std, depends on which the CPU has), blocks of
 //! [`BLOCK`] values summed in f32 and then added in f64.
 //!
 //! Accuracy: the sums are of `d = v - c`, `c` the mean of the chunk's first
 //! finite values (f32), so `Σd²` is close to the chunk's second moment about its
 //! mean; the chunk's `m2` is `Σd² - (Σd)²/n`. A block summed in f32 carries a
-//! relative error of at most ~2e-6 (32 terms per lane); a chunk where the shift
+//! relative error of at most ~2e-6 (at most 32 terms per lane); a chunk where the shift
 //! was poor (`Σd²` more than [`MAX_CANCEL`] times `m2`) or an f32 sum overflowed
 //! is redone exactly in f64 ([`Acc::of_exact`]). Min, max and the counts are exact.
 
 use super::Acc;
 
-/// f32 lanes of the loop (one AVX register, two SSE ones).
+/// f32 lanes of the loop without AVX-512 (one AVX register, two SSE ones).
 const LANES: usize = 8;
 /// Values per block summed in f32 before the f64 totals.
 const BLOCK: usize = 256;
@@ -19,19 +21,25 @@ const BLOCK: usize = 256;
 const MAX_CANCEL: f64 = 16.0;
 
 impl Acc {
-    /// Statistics of one chunk (with AVX2 where the CPU has it).
+    /// Statistics of one chunk (with AVX-512 or AVX2 where the CPU has them).
     pub(crate) fn of(values: &[f32]) -> Acc {
         #[cfg(target_arch = "x86_64")]
-        if std::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU supports AVX2 (checked just above).
-            return unsafe { of_avx2(values) };
+        {
+            if std::is_x86_feature_detected!("avx512f") {
+                // SAFETY: the CPU supports AVX-512F (checked just above).
+                return unsafe { of_avx512(values) };
+            }
+            if std::is_x86_feature_detected!("avx2") {
+                // SAFETY: the CPU supports AVX2 (checked just above).
+                return unsafe { of_avx2(values) };
+            }
         }
-        Acc::of_lanes(values)
+        Acc::of_lanes::<LANES>(values)
     }
 
     // long: one loop that must stay one function to vectorise, plus its tail.
     #[inline(always)]
-    fn of_lanes(values: &[f32]) -> Acc {
+    fn of_lanes<const LANES: usize>(values: &[f32]) -> Acc {
         let c = shift(values);
         let cd = c as f64;
         let mut sum = [0f64; LANES];
@@ -165,7 +173,13 @@ fn shift(values: &[f32]) -> f32 {
 }
 
 #[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn of_avx512(values: &[f32]) -> Acc {
+    Acc::of_lanes::<16>(values)
+}
+
+#[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn of_avx2(values: &[f32]) -> Acc {
-    Acc::of_lanes(values)
+    Acc::of_lanes::<LANES>(values)
 }
