@@ -48,29 +48,7 @@ pub(crate) fn reference_histogram(values: &[f32], s: &Stats, bins: usize) -> Vec
     counts
 }
 
-/// Random values of one of several kinds.
-pub(crate) fn values(rng: &mut rand::rngs::StdRng, n: usize, kind: usize) -> Vec<f32> {
-    (0..n)
-        .map(|_| {
-            let r: f32 = rng.random_range(-1.0..1.0);
-            let special = rng.random_range(0..1000);
-            match special {
-                0 => f32::NAN,
-                1 => f32::INFINITY,
-                2 => f32::NEG_INFINITY,
-                3..=50 => 0.0,
-                51..=60 => f32::from_bits(rng.random_range(1..0x007f_ffff)), // subnormal
-                _ => match kind {
-                    0 => r,
-                    1 => 1000.0 + r * 1e-3,       // offset mean: cancellation
-                    2 => r * 1e30,                // f32 squares overflow
-                    3 => r.max(0.0),              // ReLU-like
-                    _ => (r * 40.0).exp() - 1e-3, // heavy tail
-                },
-            }
-        })
-        .collect()
-}
+pub(crate) use crate::values::stats::test_values as values;
 
 pub(crate) fn stored(v: &[f32], dtype: Dtype) -> (LayerData<'static>, Vec<f32>) {
     let bytes: Vec<u8> = match dtype {

@@ -146,3 +146,29 @@ impl Stats {
         self.nan + self.inf
     }
 }
+
+/// Random values of one of several kinds.
+#[cfg(test)]
+pub(crate) fn test_values(rng: &mut rand::rngs::StdRng, n: usize, kind: usize) -> Vec<f32> {
+    use rand::Rng;
+    (0..n)
+        .map(|_| {
+            let r: f32 = rng.random_range(-1.0..1.0);
+            let special = rng.random_range(0..1000);
+            match special {
+                0 => f32::NAN,
+                1 => f32::INFINITY,
+                2 => f32::NEG_INFINITY,
+                3..=50 => 0.0,
+                51..=60 => f32::from_bits(rng.random_range(1..0x007f_ffff)), // subnormal
+                _ => match kind {
+                    0 => r,
+                    1 => 1000.0 + r * 1e-3,       // offset mean: cancellation
+                    2 => r * 1e30,                // f32 squares overflow
+                    3 => r.max(0.0),              // ReLU-like
+                    _ => (r * 40.0).exp() - 1e-3, // heavy tail
+                },
+            }
+        })
+        .collect()
+}

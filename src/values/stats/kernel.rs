@@ -189,7 +189,7 @@ mod tests {
     use rand::SeedableRng;
 
     use super::Acc;
-    use crate::stats::against_reference::values;
+    use crate::values::stats::test_values as values;
     use crate::values::SCAN_CHUNK;
 
     /// Both lane widths (whichever one this CPU runs in `Acc::of`) against the
