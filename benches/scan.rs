@@ -323,9 +323,7 @@ fn cards(
     };
     let scan_with = |r: &Run, opts: &RenderOptions| -> Vec<(Stats, Vec<u64>, usize)> {
         let each = |l: &candlelight::LayerInfo| {
-            let d = r.data_at(l.index).unwrap();
-            let hint = r.summary_at(l.index).and_then(|s| s.stats);
-            let c = render::scan_layer(&d, &l.shape, opts, 64, hint.as_ref(), true).unwrap();
+            let c = scan_cells(r, l, opts).paint();
             (c.stats, c.histogram.counts, c.picture.unwrap().values.len())
         };
         r.layers().iter().map(each).collect()
@@ -334,9 +332,7 @@ fn cards(
     // The read alone: statistics, histogram and the picture's cells, unpainted.
     let cells_with = |r: &Run, opts: &RenderOptions| -> usize {
         let each = |l: &candlelight::LayerInfo| {
-            let d = r.data_at(l.index).unwrap();
-            let hint = r.summary_at(l.index).and_then(|s| s.stats);
-            let c = render::scan_cells(&d, &l.shape, opts, 64, hint.as_ref(), true).unwrap();
+            let c = scan_cells(r, l, opts);
             assert_eq!(c.reads, 1, "one read with the stored summaries");
             c.cells.map_or(0, |(_, t)| t.iter().map(Vec::len).sum())
         };
@@ -416,6 +412,14 @@ fn cards(
         );
     }
     Ok(())
+}
+
+/// `render::scan_cells` of layer `l` of `r` (64 bins, units), with the
+/// statistics the run's header stores as the hint.
+fn scan_cells(r: &Run, l: &candlelight::LayerInfo, opts: &RenderOptions) -> render::CellScan {
+    let d = r.data_at(l.index).unwrap();
+    let hint = r.summary_at(l.index).and_then(|s| s.stats);
+    render::scan_cells(&d, &l.shape, opts, 64, hint.as_ref(), true).unwrap()
 }
 
 /// Times `candlelight show RUN` (the binary), when the bench was built with it.
