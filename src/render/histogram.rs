@@ -91,8 +91,19 @@ unsafe fn bin_avx2(values: &[f32], lo: f64, scale: f64, bins: usize) -> Vec<u64>
     bin_lanes(values, lo, scale, bins)
 }
 
+/// Most bins counted in pairs: a table of `(bins + 1)²` u16 counts (18 KB at most)
+/// stays in the core's L1 cache.
+const PAIR_BINS: usize = 95;
+
+/// Values binned between two folds of the pair table: each pair count stays
+/// below `u16::MAX`.
+const PAIR_SEGMENT: usize = BIN_BLOCK << 10;
+
 /// The bin of each value of a block is computed branch-free in f64 lanes (non-finite
-/// values get the spare slot `bins`), then counted into four tables in turn (so
+/// values get the spare slot `bins`), then counted. Up to [`PAIR_BINS`] bins, value
+/// `j` and value `j + 32` of a block are counted together as one pair of bins (one
+/// table increment per two values, the table folded into bins every
+/// [`PAIR_SEGMENT`] values); more bins are counted into four tables in turn (so
 /// consecutive equal bins do not wait on each other). (Computing the bins in f32
 /// lanes, with values near an edge recomputed in f64, was tried: slower, the
 /// counting is what costs.)
@@ -108,15 +119,10 @@ fn bin_lanes(values: &[f32], lo: f64, scale: f64, bins: usize) -> Vec<u64> {
         values.iter().for_each(|&v| slow(v, &mut counts));
         return counts;
     }
-    let (top, spare, stride) = ((bins - 1) as f64, bins as f64, bins + 1);
-    let mut tables = vec![0u32; 4 * stride];
-    let (t0, rest) = tables.split_at_mut(stride);
-    let (t1, rest) = rest.split_at_mut(stride);
-    let (t2, t3) = rest.split_at_mut(stride);
+    let (top, spare) = ((bins - 1) as f64, bins as f64);
+    let whole = values.len() / BIN_BLOCK * BIN_BLOCK;
     let mut idx = [0i32; BIN_BLOCK];
-    let blocks = values.chunks_exact(BIN_BLOCK);
-    let tail = blocks.remainder();
-    for b in blocks {
+    let bin = |b: &[f32], idx: &mut [i32; BIN_BLOCK]| {
         let b: &[f32; BIN_BLOCK] = b.try_into().expect("bin block");
         for j in 0..BIN_BLOCK {
             let x = b[j];
@@ -127,17 +133,54 @@ fn bin_lanes(values: &[f32], lo: f64, scale: f64, bins: usize) -> Vec<u64> {
             // SAFETY: `p` is finite and within [0, bins], and bins <= 2^24.
             idx[j] = unsafe { p.to_int_unchecked::<i32>() };
         }
-        for q in idx.chunks_exact(4) {
-            t0[q[0] as usize] += 1;
-            t1[q[1] as usize] += 1;
-            t2[q[2] as usize] += 1;
-            t3[q[3] as usize] += 1;
+    };
+    let stride = bins + 1;
+    if bins <= PAIR_BINS {
+        const HALF: usize = BIN_BLOCK / 2;
+        let mut pairs = vec![0u16; stride * stride];
+        let mut with_spare = vec![0u64; stride];
+        let mut pair = [0u32; HALF];
+        for segment in values[..whole].chunks(PAIR_SEGMENT) {
+            for b in segment.chunks_exact(BIN_BLOCK) {
+                bin(b, &mut idx);
+                for j in 0..HALF {
+                    pair[j] = idx[j] as u32 * stride as u32 + idx[j + HALF] as u32;
+                }
+                for &p in &pair {
+                    pairs[p as usize] += 1;
+                }
+            }
+            // Pair (a, b) is one value in bin a and one in bin b.
+            for (a, row) in pairs.chunks_exact_mut(stride).enumerate() {
+                let mut first = 0u64;
+                for (c, n) in with_spare.iter_mut().zip(row.iter_mut()) {
+                    first += *n as u64;
+                    *c += *n as u64;
+                    *n = 0;
+                }
+                with_spare[a] += first;
+            }
+        }
+        counts.copy_from_slice(&with_spare[..bins]);
+    } else {
+        let mut tables = vec![0u32; 4 * stride];
+        let (t0, rest) = tables.split_at_mut(stride);
+        let (t1, rest) = rest.split_at_mut(stride);
+        let (t2, t3) = rest.split_at_mut(stride);
+        for b in values[..whole].chunks_exact(BIN_BLOCK) {
+            bin(b, &mut idx);
+            for q in idx.chunks_exact(4) {
+                t0[q[0] as usize] += 1;
+                t1[q[1] as usize] += 1;
+                t2[q[2] as usize] += 1;
+                t3[q[3] as usize] += 1;
+            }
+        }
+        for (i, c) in counts.iter_mut().enumerate() {
+            *c = t0[i] as u64 + t1[i] as u64 + t2[i] as u64 + t3[i] as u64;
         }
     }
-    for (i, c) in counts.iter_mut().enumerate() {
-        *c = t0[i] as u64 + t1[i] as u64 + t2[i] as u64 + t3[i] as u64;
-    }
-    tail.iter().for_each(|&v| slow(v, &mut counts));
+    values[whole..].iter().for_each(|&v| slow(v, &mut counts));
     counts
 }
 
@@ -347,6 +390,24 @@ mod against_reference {
                     "[{lo}, {hi}] {bins} bins"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn pair_counts_do_not_overflow_when_one_bin_holds_nearly_everything() {
+        // Several pair-table segments of one bin (plus the two ends of the range,
+        // and a tail shorter than a block): every pair count would pass u16::MAX
+        // without the folds.
+        let n = 5 * super::PAIR_SEGMENT + 77;
+        let mut v = vec![0.25f32; n];
+        (v[0], v[n / 2]) = (-1.0, 1.0);
+        for bins in [2, 64, super::PAIR_BINS] {
+            let scale = bins as f64 / 2.0;
+            let mut want = vec![0u64; bins];
+            for &x in &v {
+                want[(((x as f64 + 1.0) * scale) as usize).min(bins - 1)] += 1;
+            }
+            assert_eq!(bin_chunk(&v, -1.0, scale, bins), want, "{bins} bins");
         }
     }
 
