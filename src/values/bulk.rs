@@ -47,35 +47,25 @@ impl LayerData<'_> {
         f: impl Fn(usize, &[f32], T) -> R + Sync,
     ) -> Vec<R> {
         let n = self.len;
-        let one = |buf: &mut Vec<f32>, (i, item): (usize, T)| {
+        let one = |(i, item): (usize, T)| {
             let start = (k0 + i) * SCAN_CHUNK;
             let len = SCAN_CHUNK.min(n - start);
             if let Some(s) = self.f32_slice(start, len) {
                 return f(start, s, item);
             }
-            if buf.len() < len {
-                buf.resize(len, 0.0);
-            }
-            self.read_into(start, &mut buf[..len]);
-            f(start, &buf[..len], item)
+            with_buffer(len, |buf| {
+                self.read_into(start, buf);
+                f(start, buf, item)
+            })
         };
         assert!(
             k0 + items.len() <= n.div_ceil(SCAN_CHUNK),
             "chunks past the layer"
         );
         if items.len() <= 1 {
-            let mut buf = Vec::new();
-            return items
-                .into_iter()
-                .enumerate()
-                .map(|x| one(&mut buf, x))
-                .collect();
+            return items.into_iter().enumerate().map(one).collect();
         }
-        items
-            .into_par_iter()
-            .enumerate()
-            .map_init(Vec::new, one)
-            .collect()
+        items.into_par_iter().enumerate().map(one).collect()
     }
 
     /// Folds every chunk of [`SCAN_CHUNK`] elements into per-thread accumulators made
@@ -90,23 +80,17 @@ impl LayerData<'_> {
         let n = self.len;
         (0..n.div_ceil(SCAN_CHUNK))
             .into_par_iter()
-            .fold(
-                || (Vec::new(), init()),
-                |(mut buf, acc): (Vec<f32>, A), k| {
-                    let start = k * SCAN_CHUNK;
-                    let len = SCAN_CHUNK.min(n - start);
-                    if let Some(s) = self.f32_slice(start, len) {
-                        return (buf, f(acc, start, s));
-                    }
-                    if buf.len() < len {
-                        buf.resize(len, 0.0);
-                    }
-                    self.read_into(start, &mut buf[..len]);
-                    let acc = f(acc, start, &buf[..len]);
-                    (buf, acc)
-                },
-            )
-            .map(|(_, acc)| acc)
+            .fold(&init, |acc, k| {
+                let start = k * SCAN_CHUNK;
+                let len = SCAN_CHUNK.min(n - start);
+                if let Some(s) = self.f32_slice(start, len) {
+                    return f(acc, start, s);
+                }
+                with_buffer(len, |buf| {
+                    self.read_into(start, buf);
+                    f(acc, start, buf)
+                })
+            })
             .reduce(&init, &merge)
     }
 
@@ -151,6 +135,27 @@ impl LayerData<'_> {
         unsafe { v.set_len(n) };
         v
     }
+}
+
+/// Calls `f` with `len` elements of this thread's chunk buffer. The buffer outlives
+/// the scan (at most [`SCAN_CHUNK`] f32 per thread that scanned), so a chunk does
+/// not pay for a fresh buffer: rayon makes a scan's per-task state once per task,
+/// and a new 256 KiB `Vec` is zeroed (and, when malloc maps it, faulted in) before
+/// the read overwrites it. A nested scan on the same thread gets a buffer of its
+/// own (the thread's is taken out while `f` runs).
+fn with_buffer<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    thread_local! {
+        static BUFFER: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
+    }
+    let mut buf = BUFFER.take();
+    if buf.len() < len {
+        buf.resize(len, 0.0);
+    }
+    let r = f(&mut buf[..len]);
+    if buf.len() <= SCAN_CHUNK {
+        BUFFER.set(buf);
+    }
+    r
 }
 
 /// `count` values of `T` stored at `offset` of `file` (native byte order), read
