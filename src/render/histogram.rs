@@ -65,30 +65,10 @@ const BIN_BLOCK: usize = 64;
 
 /// Counts of one chunk (with AVX-512 or AVX2 where the CPU has them).
 pub(super) fn bin_chunk(values: &[f32], lo: f64, scale: f64, bins: usize) -> Vec<u64> {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU supports AVX-512F (checked just above).
-            return unsafe { bin_avx512(values, lo, scale, bins) };
-        }
-        if std::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU supports AVX2 (checked just above).
-            return unsafe { bin_avx2(values, lo, scale, bins) };
-        }
-    }
-    bin_lanes(values, lo, scale, bins)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn bin_avx512(values: &[f32], lo: f64, scale: f64, bins: usize) -> Vec<u64> {
-    bin_lanes(values, lo, scale, bins)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn bin_avx2(values: &[f32], lo: f64, scale: f64, bins: usize) -> Vec<u64> {
-    bin_lanes(values, lo, scale, bins)
+    crate::values::dispatch!(
+        (values: &[f32], lo: f64, scale: f64, bins: usize) -> Vec<u64>,
+        bin_lanes(values, lo, scale, bins)
+    )
 }
 
 /// Most bins counted in pairs: a table of `(bins + 1)²` u16 counts (18 KB at most)

@@ -230,26 +230,43 @@ fn add_to_f64(acc: &mut [f64], row: &[f32]) {
     fn lanes(acc: &mut [f64], row: &[f32]) {
         acc.iter_mut().zip(row).for_each(|(a, &v)| *a += v as f64);
     }
-    #[cfg(target_arch = "x86_64")]
-    {
-        #[target_feature(enable = "avx512f")]
-        unsafe fn avx512(acc: &mut [f64], row: &[f32]) {
-            lanes(acc, row)
+    crate::values::dispatch!((acc: &mut [f64], row: &[f32]) -> (), lanes(acc, row))
+}
+
+/// The means of the cells of `rows` whole finite rows from their column sums `col`
+/// (`dx` columns per cell; at least one value per cell, so `mean` without its
+/// cases): [`collapse`]'s sums, divided in lanes (with AVX-512 or AVX2 where the
+/// CPU has them).
+fn column_means(col: &[f64], dx: usize, rows: u32, out: &mut [f32]) {
+    #[inline(always)]
+    fn lanes(col: &[f64], dx: usize, rows: u32, out: &mut [f32]) {
+        let n = (rows as usize * dx) as f64;
+        let full = col.len() / dx;
+        let (body, tail) = col.split_at(full * dx);
+        let cells = out[..full].iter_mut();
+        match dx {
+            1 => cells.zip(body).for_each(|(o, &s)| *o = (s / n) as f32),
+            2 => cells
+                .zip(body.chunks_exact(2))
+                .for_each(|(o, b)| *o = ((b[0] + b[1]) / n) as f32),
+            3 => cells
+                .zip(body.chunks_exact(3))
+                .for_each(|(o, b)| *o = ((b[0] + b[1] + b[2]) / n) as f32),
+            4 => cells
+                .zip(body.chunks_exact(4))
+                .for_each(|(o, b)| *o = (((b[0] + b[1]) + (b[2] + b[3])) / n) as f32),
+            _ => cells
+                .zip(body.chunks_exact(dx))
+                .for_each(|(o, b)| *o = (block_sum(b) / n) as f32),
         }
-        #[target_feature(enable = "avx2")]
-        unsafe fn avx2(acc: &mut [f64], row: &[f32]) {
-            lanes(acc, row)
-        }
-        if std::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU supports AVX-512F (checked just above).
-            return unsafe { avx512(acc, row) };
-        }
-        if std::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU supports AVX2 (checked just above).
-            return unsafe { avx2(acc, row) };
+        if !tail.is_empty() {
+            out[full] = (block_sum(tail) / (rows as usize * tail.len()) as f64) as f32;
         }
     }
-    lanes(acc, row)
+    crate::values::dispatch!(
+        (col: &[f64], dx: usize, rows: u32, out: &mut [f32]) -> (),
+        lanes(col, dx, rows, out)
+    )
 }
 
 /// Calls `put(cell, sum, values)` for each cell of `dx` consecutive values of
@@ -332,11 +349,7 @@ impl Dest<'_> {
         let own = b >= self.lo && b + g.rw <= self.lo + self.out.len();
         if own && self.band != Some(b) && rows as usize * g.w == g.band_values(b) {
             let at = b - self.lo;
-            let out = &mut self.out[at..at + g.rw];
-            // Finite values only, at least one per cell: `mean` without its cases.
-            collapse(&col, g.dx, |i, s, k| {
-                out[i] = (s / (rows * k) as f64) as f32
-            });
+            column_means(&col, g.dx, rows, &mut self.out[at..at + g.rw]);
         } else {
             let (sum, cnt) = self.band(b, g.rw);
             collapse(&col, g.dx, |i, s, k| {

@@ -26,12 +26,14 @@ use safetensors::Dtype;
 use crate::{Error, Result};
 
 mod bulk;
+mod lanes;
 pub(crate) mod stats;
 
 pub use stats::Stats;
 
 pub(crate) use bulk::read_vec;
 pub(crate) use bulk::SCAN_CHUNK;
+pub(crate) use lanes::dispatch;
 
 /// Where the bytes are.
 enum Source<'a> {

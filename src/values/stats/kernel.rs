@@ -23,18 +23,11 @@ const MAX_CANCEL: f64 = 16.0;
 impl Acc {
     /// Statistics of one chunk (with AVX-512 or AVX2 where the CPU has them).
     pub(crate) fn of(values: &[f32]) -> Acc {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::is_x86_feature_detected!("avx512f") {
-                // SAFETY: the CPU supports AVX-512F (checked just above).
-                return unsafe { of_avx512(values) };
-            }
-            if std::is_x86_feature_detected!("avx2") {
-                // SAFETY: the CPU supports AVX2 (checked just above).
-                return unsafe { of_avx2(values) };
-            }
-        }
-        Acc::of_lanes::<LANES>(values)
+        crate::values::dispatch!(
+            (values: &[f32]) -> Acc,
+            Acc::of_lanes::<LANES>(values),
+            avx512: Acc::of_lanes::<16>(values)
+        )
     }
 
     // long: one loop that must stay one function to vectorise, plus its tail.
@@ -170,18 +163,6 @@ fn shift(values: &[f32]) -> f32 {
     } else {
         (s / k as f64) as f32
     }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn of_avx512(values: &[f32]) -> Acc {
-    Acc::of_lanes::<16>(values)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn of_avx2(values: &[f32]) -> Acc {
-    Acc::of_lanes::<LANES>(values)
 }
 
 #[cfg(test)]
