@@ -291,7 +291,7 @@ fn main() -> anyhow::Result<()> {
 }
 
 /// A gallery card's work on every layer (statistics, 64-bin histogram, picture):
-/// the separate reads of before against `scan_layer`, with the summaries a saved
+/// the separate reads of before against `scan_cells` + painting, with the summaries a saved
 /// run stores (one read) and without (the run as written, two reads), beside the
 /// plain mapped pass, all in each round.
 fn cards(
@@ -372,7 +372,7 @@ fn cards(
         g(&ts).1
     );
     println!(
-        "  one read (scan_layer, stored summaries): {:.2} GB/s best, {:.2} median (goal >= 5); \
+        "  one read (scan_cells + paint, stored summaries): {:.2} GB/s best, {:.2} median (goal >= 5); \
          {:.2} of the plain mapped pass (per round; goal >= 0.3); {:.2}x before",
         g(&t1).0,
         g(&t1).1,
@@ -380,7 +380,7 @@ fn cards(
         1.0 / t1.ratio(&ts)[2]
     );
     println!(
-        "  scan_layer without summaries (two reads): {:.2} GB/s best, {:.2} median; {:.2}x before",
+        "  scan_cells + paint without summaries (two reads): {:.2} GB/s best, {:.2} median; {:.2}x before",
         g(&t2).0,
         g(&t2).1,
         1.0 / t2.ratio(&ts)[2]

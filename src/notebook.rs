@@ -203,8 +203,8 @@ fn layer_html(
         labels: true,
         ..opts.clone()
     };
-    // Statistics, histogram and picture in one read (see `render::scan_layer`).
-    let scan = crate::render::scan_layer(data, shape, opts, 64, hint, false)?;
+    // Statistics, histogram and picture in one read (see `render::scan_cells`).
+    let scan = crate::render::scan_cells(data, shape, opts, 64, hint, false)?.paint();
     let (stats, hist, pic) = (scan.stats, scan.histogram, scan.picture?);
     let bars = crate::gallery::bars::bars(data, shape, opts.sample);
     data.check()?;

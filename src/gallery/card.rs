@@ -145,7 +145,7 @@ pub(super) fn render_card(
     card.sample = ropts.sample;
     // Statistics, histogram, never-active units and the picture in one read.
     let hint = run.summary_at(l.index).and_then(|s| s.stats);
-    let scan = render::scan_layer(&data, &l.shape, &ropts, HIST_BINS, hint.as_ref(), true)?;
+    let scan = render::scan_cells(&data, &l.shape, &ropts, HIST_BINS, hint.as_ref(), true)?.paint();
     let stats = scan.stats;
     card.set_stats(stats);
     if stats.min.is_finite() {

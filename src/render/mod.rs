@@ -45,7 +45,7 @@ pub use histogram::{render_histogram, Histogram};
 pub use labels::{caption_with_axes, TOKEN_CHARS};
 pub(crate) use labels::{number_cells, sample_tokens, token_axes, token_margins, widest_label};
 pub use layout::{layout, Axis, Cell, Layout, LayoutKind, Spot, EMPTY_SIDE};
-pub use scan::{scan_cells, scan_layer, CardScan, CellScan};
+pub use scan::{scan_cells, CardScan, CellScan};
 
 use layout::checked_len;
 pub(crate) use layout::BLANK;

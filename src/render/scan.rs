@@ -84,24 +84,13 @@ impl CellScan {
     }
 }
 
-/// Scans `data` (of `shape`) once for its card: statistics, a histogram of `bins`
+/// Scans `data` (of `shape`) once for its card, the picture's cells unpainted
+/// ([`CellScan::paint`] draws them): statistics, a histogram of `bins`
 /// bins, never-active units (when `units`) and the picture `opts` asks for.
 /// `hint` is what the run's header says the statistics are
 /// ([`crate::Run::summary_at`]); without it, or when it is wrong, the histogram
 /// (and the units) take a second read. A read of the run file that fails is an
 /// error (see [`LayerData::check`]).
-pub fn scan_layer(
-    data: &LayerData<'_>,
-    shape: &[usize],
-    opts: &RenderOptions,
-    bins: usize,
-    hint: Option<&Stats>,
-    units: bool,
-) -> Result<CardScan> {
-    Ok(scan_cells(data, shape, opts, bins, hint, units)?.paint())
-}
-
-/// [`scan_layer`] up to the picture's cells, unpainted: the one read itself.
 pub fn scan_cells(
     data: &LayerData<'_>,
     shape: &[usize],

@@ -1,4 +1,4 @@
-//! The picture's reduction inside [`super::scan_layer`]'s read: each chunk adds
+//! The picture's reduction inside [`super::scan_cells`]'s read: each chunk adds
 //! its values to the cells it touches; the cells only it touches are lent to it
 //! out of the result, the cells it shares with a neighbouring chunk come back as
 //! partial sums that are added in chunk order (deterministic results).

@@ -1,4 +1,4 @@
-//! `scan_layer` against the separate reads it replaced.
+//! `scan_cells` (painted) against the separate reads it replaced.
 use super::super::{layout, render, Scale};
 use super::*;
 use crate::values::LayerData;
@@ -66,7 +66,9 @@ fn check(v: Vec<f32>, shape: &[usize], o: &RenderOptions, hint: Hint) -> u32 {
         }),
         Hint::Negative => Some(Stats { min: -1.0, ..stats }),
     };
-    let scan = scan_layer(&data, shape, o, bins, h.as_ref(), true).unwrap();
+    let scan = scan_cells(&data, shape, o, bins, h.as_ref(), true)
+        .unwrap()
+        .paint();
     let what = format!("{shape:?} {hint:?}");
     assert_eq!(format!("{:?}", scan.stats), format!("{stats:?}"), "{what}");
     assert_eq!(
@@ -198,13 +200,13 @@ fn constant_empty_and_non_finite_layers() {
 fn units_only_when_asked() {
     let data = LayerData::from_f32(vec![0.0, 1.0, 0.0, 2.0]);
     let o = RenderOptions::default();
-    let s = scan_layer(&data, &[2, 2], &o, 8, None, false).unwrap();
+    let s = scan_cells(&data, &[2, 2], &o, 8, None, false).unwrap();
     // Without a hint: the histogram's second read, no units.
     assert_eq!((s.activity, s.reads), (None, 2));
-    let s = scan_layer(&data, &[2, 2], &o, 8, None, true).unwrap();
+    let s = scan_cells(&data, &[2, 2], &o, 8, None, true).unwrap();
     assert_eq!((s.activity.unwrap().never_active, s.reads), (vec![0], 3));
     let hint = s.stats;
-    let s = scan_layer(&data, &[2, 2], &o, 8, Some(&hint), true).unwrap();
+    let s = scan_cells(&data, &[2, 2], &o, 8, Some(&hint), true).unwrap();
     assert_eq!((s.activity.unwrap().never_active, s.reads), (vec![0], 1));
 }
 
@@ -223,7 +225,7 @@ fn the_hint_survives_a_json_round_trip_of_f16_data() {
         ..stats
     };
     let shape = [1, 100_000];
-    let scan = scan_layer(
+    let scan = scan_cells(
         &data,
         &shape,
         &RenderOptions::default(),
