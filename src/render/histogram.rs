@@ -81,8 +81,8 @@ const PAIR_SEGMENT: usize = BIN_BLOCK << 10;
 
 /// The bin of each value of a block is computed branch-free in f64 lanes (non-finite
 /// values get the spare slot `bins`), then counted. Up to [`PAIR_BINS`] bins, value
-/// `j` and value `j + 32` of a block are counted together as one pair of bins (one
-/// table increment per two values, the table folded into bins every
+/// `j` and value `j + 32` of a block are binned side by side and counted as one
+/// pair of bins (one table increment per two values, the table folded into bins every
 /// [`PAIR_SEGMENT`] values); more bins are counted into four tables in turn (so
 /// consecutive equal bins do not wait on each other). (Computing the bins in f32
 /// lanes, with values near an edge recomputed in f64, was tried: slower, the
@@ -101,18 +101,13 @@ fn bin_lanes(values: &[f32], lo: f64, scale: f64, bins: usize) -> Vec<u64> {
     }
     let (top, spare) = ((bins - 1) as f64, bins as f64);
     let whole = values.len() / BIN_BLOCK * BIN_BLOCK;
-    let mut idx = [0i32; BIN_BLOCK];
-    let bin = |b: &[f32], idx: &mut [i32; BIN_BLOCK]| {
-        let b: &[f32; BIN_BLOCK] = b.try_into().expect("bin block");
-        for j in 0..BIN_BLOCK {
-            let x = b[j];
-            let p = (x as f64 - lo) * scale;
-            let p = if p > 0.0 { p } else { 0.0 };
-            let p = if p < top { p } else { top };
-            let p = if x.abs() <= f32::MAX { p } else { spare };
-            // SAFETY: `p` is finite and within [0, bins], and bins <= 2^24.
-            idx[j] = unsafe { p.to_int_unchecked::<i32>() };
-        }
+    let bin = |x: f32| -> u32 {
+        let p = (x as f64 - lo) * scale;
+        let p = if p > 0.0 { p } else { 0.0 };
+        let p = if p < top { p } else { top };
+        let p = if x.abs() <= f32::MAX { p } else { spare };
+        // SAFETY: `p` is finite and within [0, bins], and bins <= 2^24.
+        unsafe { p.to_int_unchecked::<i32>() as u32 }
     };
     let stride = bins + 1;
     if bins <= PAIR_BINS {
@@ -122,9 +117,9 @@ fn bin_lanes(values: &[f32], lo: f64, scale: f64, bins: usize) -> Vec<u64> {
         let mut pair = [0u32; HALF];
         for segment in values[..whole].chunks(PAIR_SEGMENT) {
             for b in segment.chunks_exact(BIN_BLOCK) {
-                bin(b, &mut idx);
+                let b: &[f32; BIN_BLOCK] = b.try_into().expect("bin block");
                 for j in 0..HALF {
-                    pair[j] = idx[j] as u32 * stride as u32 + idx[j + HALF] as u32;
+                    pair[j] = bin(b[j]) * stride as u32 + bin(b[j + HALF]);
                 }
                 for &p in &pair {
                     pairs[p as usize] += 1;
@@ -147,8 +142,12 @@ fn bin_lanes(values: &[f32], lo: f64, scale: f64, bins: usize) -> Vec<u64> {
         let (t0, rest) = tables.split_at_mut(stride);
         let (t1, rest) = rest.split_at_mut(stride);
         let (t2, t3) = rest.split_at_mut(stride);
+        let mut idx = [0u32; BIN_BLOCK];
         for b in values[..whole].chunks_exact(BIN_BLOCK) {
-            bin(b, &mut idx);
+            let b: &[f32; BIN_BLOCK] = b.try_into().expect("bin block");
+            for j in 0..BIN_BLOCK {
+                idx[j] = bin(b[j]);
+            }
             for q in idx.chunks_exact(4) {
                 t0[q[0] as usize] += 1;
                 t1[q[1] as usize] += 1;
