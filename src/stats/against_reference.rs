@@ -11,7 +11,7 @@ use half::{bf16, f16};
 use rand::{Rng, SeedableRng};
 use safetensors::Dtype;
 
-use crate::values::stats::{Acc, Stats};
+use crate::values::stats::{assert_stats_close, Acc, Stats};
 use crate::values::{LayerData, SCAN_CHUNK};
 
 /// What `Stats::of` was before the fused kernel: chunks of 2^14 values, two f64
@@ -68,10 +68,6 @@ pub(crate) fn stored(v: &[f32], dtype: Dtype) -> (LayerData<'static>, Vec<f32>) 
     (d, as_read)
 }
 
-fn close(a: f64, b: f64, tol: f64) -> bool {
-    (a.is_nan() && b.is_nan()) || (a - b).abs() <= tol
-}
-
 #[test]
 fn fast_statistics_match_the_reference() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(14);
@@ -81,17 +77,7 @@ fn fast_statistics_match_the_reference() {
             for dtype in [Dtype::F32, Dtype::F16, Dtype::BF16, Dtype::F64] {
                 let (data, as_read) = stored(&v, dtype);
                 let (got, want) = (Stats::of(&data), reference_stats(&as_read));
-                let what = format!("n {n}, kind {kind}, {dtype}: {got:?} vs {want:?}");
-                assert_eq!(
-                    (got.count, got.nan, got.inf, got.zero_fraction),
-                    (want.count, want.nan, want.inf, want.zero_fraction),
-                    "{what}"
-                );
-                assert!(close(got.min, want.min, 0.0), "{what}");
-                assert!(close(got.max, want.max, 0.0), "{what}");
-                let tol = 1e-5 * want.std + 1e-12 * want.mean.abs();
-                assert!(close(got.mean, want.mean, tol), "{what}");
-                assert!(close(got.std, want.std, 1e-5 * want.std), "{what}");
+                assert_stats_close(&got, &want, &format!("n {n}, kind {kind}, {dtype}"));
             }
         }
     }

@@ -147,6 +147,25 @@ impl Stats {
     }
 }
 
+/// Asserts that fast statistics `got` are the reference's `want` within the
+/// tolerances of `stats::against_reference`: counts, min, max and zero fraction
+/// exact; mean within 1e-5 std + 1e-12 |mean|; std within 1e-5 relative.
+#[cfg(test)]
+pub(crate) fn assert_stats_close(got: &Stats, want: &Stats, what: &str) {
+    let close = |a: f64, b: f64, tol: f64| (a.is_nan() && b.is_nan()) || (a - b).abs() <= tol;
+    let what = format!("{what}: {got:?} vs {want:?}");
+    assert_eq!(
+        (got.count, got.nan, got.inf, got.zero_fraction),
+        (want.count, want.nan, want.inf, want.zero_fraction),
+        "{what}"
+    );
+    assert!(close(got.min, want.min, 0.0), "{what}");
+    assert!(close(got.max, want.max, 0.0), "{what}");
+    let tol = 1e-5 * want.std + 1e-12 * want.mean.abs();
+    assert!(close(got.mean, want.mean, tol), "{what}");
+    assert!(close(got.std, want.std, 1e-5 * want.std), "{what}");
+}
+
 /// Random values of one of several kinds.
 #[cfg(test)]
 pub(crate) fn test_values(rng: &mut rand::rngs::StdRng, n: usize, kind: usize) -> Vec<f32> {

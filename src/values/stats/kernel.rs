@@ -170,7 +170,7 @@ mod tests {
     use rand::SeedableRng;
 
     use super::Acc;
-    use crate::values::stats::test_values as values;
+    use crate::values::stats::{assert_stats_close, test_values as values};
     use crate::values::SCAN_CHUNK;
 
     /// Both lane widths (whichever one this CPU runs in `Acc::of`) against the
@@ -184,21 +184,8 @@ mod tests {
                 let v = values(&mut rng, n, kind);
                 let want = Acc::of_exact(&v).finish();
                 for (lanes, got) in [(8, Acc::of_lanes::<8>(&v)), (16, Acc::of_lanes::<16>(&v))] {
-                    let got = got.finish();
-                    let what = format!("n {n}, kind {kind}, {lanes} lanes: {got:?} vs {want:?}");
-                    assert_eq!(
-                        (got.count, got.nan, got.inf, got.zero_fraction),
-                        (want.count, want.nan, want.inf, want.zero_fraction),
-                        "{what}"
-                    );
-                    let close = |a: f64, b: f64, tol: f64| {
-                        (a.is_nan() && b.is_nan()) || (a - b).abs() <= tol
-                    };
-                    assert!(close(got.min, want.min, 0.0), "{what}");
-                    assert!(close(got.max, want.max, 0.0), "{what}");
-                    let tol = 1e-5 * want.std + 1e-12 * want.mean.abs();
-                    assert!(close(got.mean, want.mean, tol), "{what}");
-                    assert!(close(got.std, want.std, 1e-5 * want.std), "{what}");
+                    let what = format!("n {n}, kind {kind}, {lanes} lanes");
+                    assert_stats_close(&got.finish(), &want, &what);
                 }
             }
         }
