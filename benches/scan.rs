@@ -405,6 +405,17 @@ fn cards(
             1.0 / t.ratio(&tp)[2]
         );
     }
+    // The same pass repeated back to back runs faster on some machines than between
+    // the other work above (2026-12-04: ~45 against ~25 GB/s): shown for comparison.
+    let (tb, _) = time(rounds.max(3) * 2, plain);
+    println!(
+        "  plain mapped pass back to back: {:.2} GB/s best, {:.2} median; the one read alone \
+         (best) over its median: {:.2} (4 Mpx), {:.2} (<= 65,536 px)",
+        g(&tb).0,
+        g(&tb).1,
+        g(&t4).0 / g(&tb).1,
+        g(&t5).0 / g(&tb).1
+    );
     if let Some(t_show) = time_show(saved.path().expect("a file"), rounds)? {
         println!(
             "candlelight show of the saved run (header summaries): {:.1} ms best",
