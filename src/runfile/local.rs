@@ -35,6 +35,8 @@ use crate::{Error, Result};
 pub(crate) const ALIGN: usize = 4096;
 /// Bytes per buffer handed to the writing thread.
 const BUF: usize = 4 << 20;
+/// Alignment of buffers of at least this size (a huge page on x86-64 Linux).
+const HUGE_PAGE: usize = 2 << 20;
 /// Buffers kept for the next saves, process-wide (allocating and faulting in
 /// 8 MiB per save would cost as much as the copy it saves).
 const POOL_MAX: usize = 4;
@@ -455,7 +457,8 @@ fn start_writeback(file: &File, offset: u64, len: u64) {
 #[cfg(not(target_os = "linux"))]
 fn start_writeback(_file: &File, _offset: u64, _len: u64) {}
 
-/// Zeroed memory aligned to [`ALIGN`], as direct I/O needs.
+/// Zeroed memory aligned to [`ALIGN`], as direct I/O needs (to [`HUGE_PAGE`] from
+/// that size on).
 struct Aligned {
     ptr: NonNull<u8>,
     len: usize,
@@ -466,14 +469,27 @@ unsafe impl Send for Aligned {}
 
 impl Aligned {
     fn layout(len: usize) -> std::alloc::Layout {
-        std::alloc::Layout::from_size_align(len.max(ALIGN), ALIGN).expect("buffer layout")
+        let align = if len >= HUGE_PAGE { HUGE_PAGE } else { ALIGN };
+        std::alloc::Layout::from_size_align(len.max(ALIGN), align).expect("buffer layout")
     }
 
     fn new(len: usize) -> Aligned {
         let layout = Aligned::layout(len);
         // SAFETY: the layout has a non-zero size.
-        let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
+        let ptr = unsafe { std::alloc::alloc(layout) };
         let ptr = NonNull::new(ptr).unwrap_or_else(|| std::alloc::handle_alloc_error(layout));
+        // Huge pages where the kernel allows them (transparent huge pages on request):
+        // a direct write pins its buffer's pages, 2 for 4 MiB instead of 1,024 (half
+        // the system time of a save, measured). Advice only: no effect on the contents.
+        #[cfg(target_os = "linux")]
+        if len >= HUGE_PAGE {
+            // SAFETY: advice on memory this buffer owns, before its first touch.
+            unsafe {
+                libc::madvise(ptr.as_ptr().cast(), layout.size(), libc::MADV_HUGEPAGE);
+            }
+        }
+        // SAFETY: `layout.size()` bytes were just allocated at `ptr`.
+        unsafe { std::ptr::write_bytes(ptr.as_ptr(), 0, layout.size()) };
         Aligned { ptr, len }
     }
 }
