@@ -47,17 +47,7 @@ impl LayerData<'_> {
         f: impl Fn(usize, &[f32], T) -> R + Sync,
     ) -> Vec<R> {
         let n = self.len;
-        let one = |(i, item): (usize, T)| {
-            let start = (k0 + i) * SCAN_CHUNK;
-            let len = SCAN_CHUNK.min(n - start);
-            if let Some(s) = self.f32_slice(start, len) {
-                return f(start, s, item);
-            }
-            with_buffer(len, |buf| {
-                self.read_into(start, buf);
-                f(start, buf, item)
-            })
-        };
+        let one = |(i, item): (usize, T)| self.with_chunk(k0 + i, |start, c| f(start, c, item));
         assert!(
             k0 + items.len() <= n.div_ceil(SCAN_CHUNK),
             "chunks past the layer"
@@ -81,17 +71,23 @@ impl LayerData<'_> {
         (0..n.div_ceil(SCAN_CHUNK))
             .into_par_iter()
             .fold(&init, |acc, k| {
-                let start = k * SCAN_CHUNK;
-                let len = SCAN_CHUNK.min(n - start);
-                if let Some(s) = self.f32_slice(start, len) {
-                    return f(acc, start, s);
-                }
-                with_buffer(len, |buf| {
-                    self.read_into(start, buf);
-                    f(acc, start, buf)
-                })
+                self.with_chunk(k, |start, c| f(acc, start, c))
             })
             .reduce(&init, &merge)
+    }
+
+    /// Calls `f(start, values)` with chunk `k` of [`SCAN_CHUNK`] elements: borrowed in
+    /// place when the values are f32 in memory, else read into this thread's buffer.
+    fn with_chunk<R>(&self, k: usize, f: impl FnOnce(usize, &[f32]) -> R) -> R {
+        let start = k * SCAN_CHUNK;
+        let len = SCAN_CHUNK.min(self.len - start);
+        if let Some(s) = self.f32_slice(start, len) {
+            return f(start, s);
+        }
+        with_buffer(len, |buf| {
+            self.read_into(start, buf);
+            f(start, buf)
+        })
     }
 
     /// All values as f32 (see [`LayerData::check`] for read failures), read in
