@@ -14,13 +14,13 @@
 //!   file not timed): the writer thread's work with nothing else running, i.e. what
 //!   the disk allows.
 //!
-//! Run files are removed after each side (not timed). Prints medians, minimums, the
+//! Run files are cut to length 0 after each side (not timed; see `retire`). Prints medians, minimums, the
 //! per-round ratios over the plain loop, the disk rate of `save`, and the load
 //! average before and after.
 //!
 //! `cargo bench --bench writer` (~2 min; `-- --rounds N --passes N --capacity N
 //! --threads N`, `--tune-malloc` to call `candlelight::tune_malloc_for_recording`
-//! first); writes ~5 GB per round under `TMPDIR`, removed as it goes.
+//! first); writes ~5 GB per round under `TMPDIR`, freed as it goes.
 
 use std::hint::black_box;
 use std::path::Path;
@@ -75,11 +75,39 @@ fn record(model: &Seq, x: &Tensor) -> Run {
         .1
 }
 
-/// Removes every file of `dir` (the runs of one side).
+/// Retires every file of `dir` (the runs of one side): see [`retire`].
 fn clear(dir: &Path) {
     for e in std::fs::read_dir(dir).expect("read runs folder") {
-        std::fs::remove_file(e.expect("entry").path()).expect("remove run file");
+        let path = e.expect("entry").path();
+        if path.is_file() {
+            retire(&path);
+        }
     }
+}
+
+/// Frees a run file's blocks now but keeps its inode until the end: cut to
+/// length 0 and moved into `<dir>/../spent/` (removed with the bench's temp
+/// folder). Deleting the files instead made the next side slower in a way no
+/// recording loop is: ext4 without a journal (this machine's root file system)
+/// does not reuse an inode freed in the last 5-10 s, and skipping the 100 just
+/// freed cost every new file's `open` ~0.5 ms of CPU in `recently_deleted`
+/// (`perf`, 2026-12-04), on the writer thread that competes with the forward.
+fn retire(path: &Path) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let spent = path
+        .parent()
+        .and_then(Path::parent)
+        .expect("runs folder in a temp folder")
+        .join("spent");
+    std::fs::create_dir_all(&spent).expect("spent folder");
+    std::fs::File::options()
+        .write(true)
+        .open(path)
+        .and_then(|f| f.set_len(0))
+        .expect("truncate run file");
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    std::fs::rename(path, spent.join(n.to_string())).expect("move run file");
 }
 
 struct Times {
@@ -137,7 +165,7 @@ fn timed_side(k: usize, o: &Opts, model: &Seq, x: &Tensor, run: &Run, dir: &Path
                 let start = Instant::now();
                 let p = run.save(dir).expect("save");
                 took += start.elapsed();
-                std::fs::remove_file(p).expect("remove");
+                retire(&p);
             }
             t.save_alone.push(took);
         }
@@ -158,11 +186,12 @@ fn main() -> Result<()> {
     let x = seeded_uniform(&[BATCH, 1, 28, 28], 7, &device)?;
     let run = record(&model, &x);
     ensure!(run.len() == 10, "expected 10 layers, got {}", run.len());
-    let dir = tempfile::tempdir()?;
+    let tmp = tempfile::tempdir()?;
+    let dir = tmp.path().join("runs");
     let file_bytes = {
-        let p = run.save(dir.path())?;
+        let p = run.save(&dir)?;
         let n = std::fs::metadata(&p)?.len();
-        std::fs::remove_file(p)?;
+        retire(&p);
         n as f64
     };
     let mut t = Times {
@@ -174,12 +203,12 @@ fn main() -> Result<()> {
         cpu: Default::default(),
     };
     if std::env::args().any(|a| a == "--phases") {
-        return phases(&run, dir.path(), o.passes);
+        return phases(&run, &dir, o.passes);
     }
     let load_before = loadavg();
     for round in 0..o.rounds {
         for k in 0..4 {
-            side((round + k) % 4, &o, &model, &x, &run, dir.path(), &mut t);
+            side((round + k) % 4, &o, &model, &x, &run, &dir, &mut t);
         }
     }
     let load_after = loadavg();
@@ -313,7 +342,7 @@ fn phases(run: &Run, dir: &Path, passes: usize) -> Result<()> {
     });
     time("xxh3-128 of every layer", &mut || {
         for l in &layers {
-            black_box(xxhash_rust::xxh3::xxh3_128(l));
+            black_box(twox_hash::XxHash3_128::oneshot(l));
         }
     });
     let path = dir.join("phase.bin");

@@ -109,7 +109,7 @@ impl LayerSummary {
 /// of [`SummaryFold::piece_len`] bytes (the last one shorter).
 pub(crate) struct SummaryFold {
     dtype: Dtype,
-    hasher: xxhash_rust::xxh3::Xxh3,
+    hasher: twox_hash::XxHash3_128,
     /// `None` for a dtype that is not numbers.
     stats: Option<StatsFold>,
     /// Values of a piece that is not f32 in place.
@@ -121,7 +121,7 @@ impl SummaryFold {
         let numbers = LayerData::from_bytes(Cow::Borrowed(&[]), dtype).is_ok();
         SummaryFold {
             dtype,
-            hasher: xxhash_rust::xxh3::Xxh3::new(),
+            hasher: twox_hash::XxHash3_128::new(),
             stats: numbers.then(StatsFold::new),
             buf: Vec::new(),
         }
@@ -133,7 +133,7 @@ impl SummaryFold {
     }
 
     pub(crate) fn push(&mut self, piece: &[u8]) {
-        self.hasher.update(piece);
+        self.hasher.write(piece);
         let Some(stats) = &mut self.stats else {
             return;
         };
@@ -155,7 +155,7 @@ impl SummaryFold {
 
     pub(crate) fn finish(self) -> LayerSummary {
         LayerSummary {
-            hash: format!("{HASH_ALGORITHM}:{:032x}", self.hasher.digest128()),
+            hash: format!("{HASH_ALGORITHM}:{:032x}", self.hasher.finish_128()),
             stats: self.stats.map(StatsFold::finish),
         }
     }
@@ -188,7 +188,7 @@ impl LayerSummary {
 pub fn hash(bytes: &[u8]) -> String {
     format!(
         "{HASH_ALGORITHM}:{:032x}",
-        xxhash_rust::xxh3::xxh3_128(bytes)
+        twox_hash::XxHash3_128::oneshot(bytes)
     )
 }
 
@@ -276,6 +276,39 @@ mod tests {
                 }
                 (x, y) => assert_eq!(x.is_none(), y.is_none(), "{dtype:?}"),
             }
+        }
+    }
+
+    /// The hashes of older run files stay valid: xxh3-128 (and the xxh3-64 of
+    /// gallery keys) as computed by the hasher used before (`xxhash-rust` 0.8,
+    /// which follows the reference implementation), whole and in streamed pieces.
+    #[test]
+    fn hashes_match_the_reference_xxh3() {
+        let known: [(usize, &str, u64); 6] = [
+            (0, "99aa06d3014798d86001c324468d497f", 0x2d06800538d394c2),
+            (3, "4af3603b5bd30dfe3698b80191e625f9", 0x3698b80191e625f9),
+            (100, "2701f07d2c26abff94b1961520a11588", 0x1efbaa652af7dfb7),
+            (240, "7cf77784002208a5423167d7599e74a5", 0x8acecb90be72b9c3),
+            (1000, "17a0f7b2ab909d68404e1417800eb486", 0x404e1417800eb486),
+            (
+                300_000,
+                "96caf2a551fa233272b19f629d50046a",
+                0x72b19f629d50046a,
+            ),
+        ];
+        for (n, h128, h64) in known {
+            let bytes: Vec<u8> = (0..n).map(|i| (i * 31 % 251) as u8).collect();
+            assert_eq!(hash(&bytes), format!("xxh3-128:{h128}"), "{n} bytes");
+            assert_eq!(twox_hash::XxHash3_64::oneshot(&bytes), h64, "{n} bytes");
+            let mut fold = SummaryFold::new(Dtype::U8);
+            for piece in bytes.chunks(SummaryFold::piece_len(Dtype::U8)) {
+                fold.push(piece);
+            }
+            assert_eq!(
+                fold.finish().hash,
+                format!("xxh3-128:{h128}"),
+                "{n} bytes in pieces"
+            );
         }
     }
 

@@ -44,7 +44,7 @@ pub struct State {
 
 /// The key of one version of a run: `<gallery>@<16 hex of the version tag>`.
 pub fn version_key(gallery: &str, version: &str) -> String {
-    let h = xxhash_rust::xxh3::xxh3_64(version.as_bytes());
+    let h = twox_hash::XxHash3_64::oneshot(version.as_bytes());
     format!("{gallery}@{h:016x}")
 }
 

@@ -181,7 +181,7 @@ fn upload_index(
         }
         let path = mirror.join(&name);
         let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
-        let h = xxhash_rust::xxh3::xxh3_64(&bytes);
+        let h = twox_hash::XxHash3_64::oneshot(&bytes);
         if indexed.uploaded.get(&name) == Some(&h) {
             continue;
         }
