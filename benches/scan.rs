@@ -203,6 +203,7 @@ fn main() -> anyhow::Result<()> {
     let (mut t_plain, mut t_old, mut t_new) = (Vec::new(), Vec::new(), Vec::new());
     let (mut r_old, mut r_new) = (Vec::new(), Vec::new());
     for _ in 0..rounds {
+        plain(); // untimed: see `cards`
         t_plain.push(time(1, plain).0 .0[0]);
         let (t, r) = time(1, || each(&|d| old_stats_hist(d, 64)));
         t_old.push(t.0[0]);
@@ -342,6 +343,10 @@ fn cards(
     let (mut t3, mut t4, mut t5) = (Vec::new(), Vec::new(), Vec::new());
     let (mut a, mut b, mut c) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..rounds {
+        // One untimed pass first: the first pass after other work (or idle) ran at
+        // half speed here (2026-12-04, a KVM guest: 20-27 GB/s, then 40-46 back to
+        // back), which flattered every ratio over it.
+        plain();
         tp.push(time(1, plain).0 .0[0]);
         let (t, r) = time(1, || separate(run));
         ts.push(t.0[0]);
@@ -405,8 +410,7 @@ fn cards(
             1.0 / t.ratio(&tp)[2]
         );
     }
-    // The same pass repeated back to back runs faster on some machines than between
-    // the other work above (2026-12-04: ~45 against ~25 GB/s): shown for comparison.
+    // The same pass repeated back to back: the steadiest figure of the plain pass.
     let (tb, _) = time(rounds.max(3) * 2, plain);
     println!(
         "  plain mapped pass back to back: {:.2} GB/s best, {:.2} median; the one read alone \
