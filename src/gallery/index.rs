@@ -157,7 +157,7 @@ struct Elsewhere {
 
 /// Rewrites the index pages of `out` atomically from all manifests found in
 /// `out/*/manifest.json` (dot folders ignored): runs grouped by model, newest
-/// first ([`newest_first`]), [`INDEX_PAGE_RUNS`] a page; writes the trends pages
+/// first (`newest_first`), [`INDEX_PAGE_RUNS`] a page; writes the trends pages
 /// of models whose runs changed (`out/trends/`) and lists the diff galleries of
 /// `out/diffs/`. Index and trends pages of ours no longer needed are removed.
 pub fn write_index(out: &Path) -> Result<()> {

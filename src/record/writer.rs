@@ -52,6 +52,13 @@ const _: fn() = || {
 ///   (with `tracing` when a global subscriber is set, else on stderr) as one line,
 ///   since drop cannot return it. Call [`RunWriter::finish`] to get it instead.
 ///
+/// **Memory, in a loop:** each run is freed on the writer thread once written, and
+/// with glibc's default settings that memory goes back to the kernel whenever the
+/// writer has caught up, so the next passes fault their recorded outputs in again.
+/// Call [`crate::tune_malloc_for_recording`] once before the loop (the seed CNN at
+/// batch 64 on 2 cores: 1.22–1.25× the plain loop with the defaults, 1.08–1.18×
+/// tuned; benches/README.md, "Background writer").
+///
 /// Known problem: a process that ends without dropping the writer
 /// (`std::process::exit`, a writer in a `static`, a leaked one, a kill) loses the
 /// runs still queued; a run being written then leaves only its dot temp file,

@@ -9,7 +9,7 @@
 //! bounded by `CANDLELIGHT_RETRY_TIMEOUT` seconds, default 30).
 //!
 //! Everything async runs on one small tokio runtime owned by this module;
-//! [`block_on`] works from plain threads and from inside another runtime.
+//! `block_on` works from plain threads and from inside another runtime.
 
 use std::collections::HashMap;
 use std::future::Future;

@@ -155,7 +155,7 @@ pub struct RenderOptions {
     /// galleries and notebooks turn it on.
     pub labels: bool,
     /// The input's token strings, one list per sample (the run facts' `tokens`,
-    /// [`crate::Run::tokens`]), or one list for every sample. Token axes of the
+    /// [`crate::RunInfo::tokens`]), or one list for every sample. Token axes of the
     /// shown sample get labelled margins: rows of `[N, T, D]`, query rows and key
     /// columns of `[N, heads, T, T]` (when T is the number of tokens), and each
     /// token row gets at least 10 pixels when the budget allows (margins come on
