@@ -236,32 +236,15 @@ fn add_to_f64(acc: &mut [f64], row: &[f32]) {
 /// The means of the cells of `rows` whole finite rows from their column sums `col`
 /// (`dx` columns per cell; at least one value per cell, so `mean` without its
 /// cases): [`collapse`]'s sums, divided in lanes (with AVX-512 or AVX2 where the
-/// CPU has them).
+/// CPU has them: `collapse` is inlined into each build, so the division vectorises).
 fn column_means(col: &[f64], dx: usize, rows: u32, out: &mut [f32]) {
     #[inline(always)]
     fn lanes(col: &[f64], dx: usize, rows: u32, out: &mut [f32]) {
-        let n = (rows as usize * dx) as f64;
-        let full = col.len() / dx;
-        let (body, tail) = col.split_at(full * dx);
-        let cells = out[..full].iter_mut();
-        match dx {
-            1 => cells.zip(body).for_each(|(o, &s)| *o = (s / n) as f32),
-            2 => cells
-                .zip(body.chunks_exact(2))
-                .for_each(|(o, b)| *o = ((b[0] + b[1]) / n) as f32),
-            3 => cells
-                .zip(body.chunks_exact(3))
-                .for_each(|(o, b)| *o = ((b[0] + b[1] + b[2]) / n) as f32),
-            4 => cells
-                .zip(body.chunks_exact(4))
-                .for_each(|(o, b)| *o = (((b[0] + b[1]) + (b[2] + b[3])) / n) as f32),
-            _ => cells
-                .zip(body.chunks_exact(dx))
-                .for_each(|(o, b)| *o = (block_sum(b) / n) as f32),
-        }
-        if !tail.is_empty() {
-            out[full] = (block_sum(tail) / (rows as usize * tail.len()) as f64) as f32;
-        }
+        let out = &mut out[..col.len().div_ceil(dx)];
+        let rows = rows as usize;
+        collapse(col, dx, |i, s, k| {
+            out[i] = (s / (rows * k as usize) as f64) as f32;
+        });
     }
     crate::values::dispatch!(
         (col: &[f64], dx: usize, rows: u32, out: &mut [f32]) -> (),
