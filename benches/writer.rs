@@ -14,9 +14,9 @@
 //!   file not timed): the writer thread's work with nothing else running, i.e. what
 //!   the disk allows.
 //!
-//! Run files are cut to length 0 after each side (not timed; see `retire`). Prints medians, minimums, the
-//! per-round ratios over the plain loop, the disk rate of `save`, and the load
-//! average before and after.
+//! Run files are cut to length 0 after each side (not timed; see `retire`).
+//! Prints medians, minimums, the per-round ratios over the plain loop, the disk
+//! rate of `save`, and the load average before and after.
 //!
 //! `cargo bench --bench writer` (~2 min; `-- --rounds N --passes N --capacity N
 //! --threads N`, `--tune-malloc` to call `candlelight::tune_malloc_for_recording`
@@ -355,9 +355,9 @@ fn phases(run: &Run, dir: &Path, passes: usize) -> Result<()> {
         drop(f);
         std::fs::remove_file(&path).expect("remove");
     });
-    time("Run::save (+ removing the file)", &mut || {
+    time("Run::save (+ retiring the file)", &mut || {
         let p = run.save(dir).expect("save");
-        std::fs::remove_file(p).expect("remove");
+        retire(&p);
     });
     Ok(())
 }
