@@ -150,6 +150,14 @@ fn time<R>(rounds: usize, mut f: impl FnMut() -> R) -> (Figure, R) {
     (Figure(times), last.expect("at least one round"))
 }
 
+/// One timed plain pass after an untimed one: the first pass after other work (or
+/// idle) ran at half speed here (2026-12-04, a KVM guest: 20-27 GB/s, then 40-46
+/// back to back), which flattered every ratio over it.
+fn warm_time(plain: &(dyn Fn() -> f32 + Sync)) -> Duration {
+    plain();
+    time(1, plain).0 .0[0]
+}
+
 fn gbs(bytes: usize, d: Duration) -> f64 {
     bytes as f64 / d.as_secs_f64() / 1e9
 }
@@ -203,8 +211,7 @@ fn main() -> anyhow::Result<()> {
     let (mut t_plain, mut t_old, mut t_new) = (Vec::new(), Vec::new(), Vec::new());
     let (mut r_old, mut r_new) = (Vec::new(), Vec::new());
     for _ in 0..rounds {
-        plain(); // untimed: see `cards`
-        t_plain.push(time(1, plain).0 .0[0]);
+        t_plain.push(warm_time(&plain));
         let (t, r) = time(1, || each(&|d| old_stats_hist(d, 64)));
         t_old.push(t.0[0]);
         r_old = r;
@@ -343,11 +350,7 @@ fn cards(
     let (mut t3, mut t4, mut t5) = (Vec::new(), Vec::new(), Vec::new());
     let (mut a, mut b, mut c) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..rounds {
-        // One untimed pass first: the first pass after other work (or idle) ran at
-        // half speed here (2026-12-04, a KVM guest: 20-27 GB/s, then 40-46 back to
-        // back), which flattered every ratio over it.
-        plain();
-        tp.push(time(1, plain).0 .0[0]);
+        tp.push(warm_time(plain));
         let (t, r) = time(1, || separate(run));
         ts.push(t.0[0]);
         a = r;

@@ -155,7 +155,7 @@ impl SummaryFold {
 
     pub(crate) fn finish(self) -> LayerSummary {
         LayerSummary {
-            hash: format!("{HASH_ALGORITHM}:{:032x}", self.hasher.finish_128()),
+            hash: tagged(self.hasher.finish_128()),
             stats: self.stats.map(StatsFold::finish),
         }
     }
@@ -169,7 +169,7 @@ impl LayerSummary {
         // 24 characters, the most an f64 prints as (ryu's buffer).
         let wide = -2.225_073_858_507_201_4e-308;
         LayerSummary {
-            hash: format!("{HASH_ALGORITHM}:{:032x}", u128::MAX),
+            hash: tagged(u128::MAX),
             stats: Some(Stats {
                 count: u64::MAX,
                 min: wide,
@@ -186,10 +186,12 @@ impl LayerSummary {
 
 /// `xxh3-128:<hex>` of `bytes`.
 pub fn hash(bytes: &[u8]) -> String {
-    format!(
-        "{HASH_ALGORITHM}:{:032x}",
-        twox_hash::XxHash3_128::oneshot(bytes)
-    )
+    tagged(twox_hash::XxHash3_128::oneshot(bytes))
+}
+
+/// `xxh3-128:<32 hex digits>` of a digest.
+fn tagged(digest: u128) -> String {
+    format!("{HASH_ALGORITHM}:{digest:032x}")
 }
 
 /// The value of [`KEY_LAYERS`] for these summaries (by layer name).
@@ -243,6 +245,15 @@ mod tests {
             .collect()
     }
 
+    /// The summary of `bytes` fed to a [`SummaryFold`] in pieces, as a save does.
+    fn folded(bytes: &[u8], dtype: Dtype) -> LayerSummary {
+        let mut fold = SummaryFold::new(dtype);
+        for piece in bytes.chunks(SummaryFold::piece_len(dtype)) {
+            fold.push(piece);
+        }
+        fold.finish()
+    }
+
     #[test]
     fn folding_pieces_gives_the_summary_of_the_whole() {
         let f32_bytes = mixed(SCAN_CHUNK * 2 + 1234);
@@ -260,12 +271,8 @@ mod tests {
             (Vec::new(), Dtype::F32),
         ];
         for (bytes, dtype) in cases {
-            let mut fold = SummaryFold::new(dtype);
-            for piece in bytes.chunks(SummaryFold::piece_len(dtype)) {
-                fold.push(piece);
-            }
             // Bit-for-bit: the chunks and the merge order are the parallel scan's.
-            let (a, b) = (fold.finish(), LayerSummary::of(&bytes, dtype));
+            let (a, b) = (folded(&bytes, dtype), LayerSummary::of(&bytes, dtype));
             assert_eq!(a.hash, b.hash, "{dtype:?}");
             match (a.stats, b.stats) {
                 (Some(x), Some(y)) => {
@@ -300,15 +307,8 @@ mod tests {
             let bytes: Vec<u8> = (0..n).map(|i| (i * 31 % 251) as u8).collect();
             assert_eq!(hash(&bytes), format!("xxh3-128:{h128}"), "{n} bytes");
             assert_eq!(twox_hash::XxHash3_64::oneshot(&bytes), h64, "{n} bytes");
-            let mut fold = SummaryFold::new(Dtype::U8);
-            for piece in bytes.chunks(SummaryFold::piece_len(Dtype::U8)) {
-                fold.push(piece);
-            }
-            assert_eq!(
-                fold.finish().hash,
-                format!("xxh3-128:{h128}"),
-                "{n} bytes in pieces"
-            );
+            let streamed = folded(&bytes, Dtype::U8).hash;
+            assert_eq!(streamed, format!("xxh3-128:{h128}"), "{n} bytes in pieces");
         }
     }
 
