@@ -353,7 +353,7 @@ fn phases(run: &Run, dir: &Path, passes: usize) -> Result<()> {
             f.write_all(l).expect("write");
         }
         drop(f);
-        std::fs::remove_file(&path).expect("remove");
+        retire(&path);
     });
     time("Run::save (+ retiring the file)", &mut || {
         let p = run.save(dir).expect("save");

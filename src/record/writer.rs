@@ -56,8 +56,8 @@ const _: fn() = || {
 /// with glibc's default settings that memory goes back to the kernel whenever the
 /// writer has caught up, so the next passes fault their recorded outputs in again.
 /// Call [`crate::tune_malloc_for_recording`] once before the loop (the seed CNN at
-/// batch 64 on 2 cores: 1.22–1.25× the plain loop with the defaults, 1.08–1.18×
-/// tuned; benches/README.md, "Background writer").
+/// batch 64 on 2 cores: 1.22–1.33× the plain loop with the defaults, 1.08–1.20×
+/// tuned while the disk keeps up; benches/README.md, "Background writer").
 ///
 /// Known problem: a process that ends without dropping the writer
 /// (`std::process::exit`, a writer in a `static`, a leaked one, a kill) loses the
